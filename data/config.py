@@ -1,0 +1,291 @@
+"""The one configuration tree of the project, and its command-line / preset overrides.
+
+Every default of the reference (HLA-Face ``train_code/data/config.py`` and the ``train.py``
+arguments, REFERENCE.md section 2) lives here, grouped by what it controls, plus our own run
+settings under ``RUN``. Entry points call :func:`load_config` with optional preset files
+(YAML or JSON, nested like this tree) and ``KEY.SUB=VALUE`` overrides parsed with
+``ast.literal_eval``. An unknown key or a value of the wrong type raises :class:`ConfigError`
+naming the key (and the preset file when it came from one).
+
+Nothing reads this module's tree at import time or inside ``forward``: constructors receive the
+values they need. ``docs/DECISIONS.md`` maps the reference's flat key names onto this tree.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from easydict import EasyDict
+
+
+class ConfigError(ValueError):
+    """A bad key or value in an override or a preset file."""
+
+
+def default_config() -> EasyDict:
+    """A fresh copy of every default (safe to mutate)."""
+    C = EasyDict()
+
+    # ---- data augmentation (REFERENCE 2.1, 6.1) ----
+    C.AUG = EasyDict()
+    C.AUG.apply_distort = True
+    C.AUG.hue_prob = 0.5
+    C.AUG.hue_delta = 18.0
+    C.AUG.contrast_prob = 0.5
+    C.AUG.contrast_delta = 0.5
+    C.AUG.saturation_prob = 0.5
+    C.AUG.saturation_delta = 0.5
+    C.AUG.brightness_prob = 0.5
+    C.AUG.brightness_delta = 0.125
+    C.AUG.apply_expand = False          # the reference disables expand; kept as a switch
+    C.AUG.expand_prob = 0.5
+    C.AUG.expand_max_ratio = 4.0
+    C.AUG.anchor_sampling = True
+    C.AUG.data_anchor_sampling_prob = 0.5
+    C.AUG.filter_min_face = True
+    C.AUG.min_face_size = 6.0
+    C.AUG.img_mean = [104.0, 117.0, 123.0]   # BGR mean, subtracted as R-123, G-117, B-104
+    C.AUG.resize_width = 640
+    C.AUG.resize_height = 640
+
+    # ---- optimisation schedule (REFERENCE 2.2, 2.6; the reference's train.py arguments) ----
+    C.SOLVER = EasyDict()
+    C.SOLVER.BATCH_SIZE = 8             # global batch: split evenly over DDP ranks
+    C.SOLVER.LR = 1e-4
+    C.SOLVER.WARMUP_LR = 1e-6
+    C.SOLVER.WARMUP_ITERS = 1000
+    C.SOLVER.WARMUP_REFERENCE_END = False   # True: stay at the last warm-up lr (the reference)
+    C.SOLVER.MOMENTUM = 0.9
+    C.SOLVER.WEIGHT_DECAY = 5e-4
+    C.SOLVER.GAMMA = 0.1
+    C.SOLVER.LR_STEPS = [20000, 100000]
+    C.SOLVER.MAX_STEPS = 70000
+    C.SOLVER.EPOCHES = 100000
+    C.SOLVER.STOP_AT_EPOCH_END = False  # True: the reference's 70,840-iteration stop
+    C.SOLVER.GRAD_CLIP = 0.0            # 0 disables; the reference does not clip
+
+    # ---- anchors (REFERENCE 2.3, 3.6) ----
+    C.ANCHOR = EasyDict()
+    C.ANCHOR.FEATURE_MAPS = [160, 80, 40, 20, 10, 5]   # informational: sizes come from the maps
+    C.ANCHOR.INPUT_SIZE = 640
+    C.ANCHOR.STEPS = [4, 8, 16, 32, 64, 128]
+    C.ANCHOR.ANCHOR_SIZES1 = [8, 16, 32, 64, 128, 256]
+    C.ANCHOR.ANCHOR_SIZES2 = [16, 32, 64, 128, 256, 512]
+    C.ANCHOR.ASPECT_RATIO = [1.0]
+    C.ANCHOR.CLIP = False
+    C.ANCHOR.VARIANCE = [0.1, 0.2]
+
+    # ---- test-time post-processing (REFERENCE 2.4, 3.7) ----
+    C.DETECT = EasyDict()
+    C.DETECT.NMS_THRESH = 0.3
+    C.DETECT.NMS_TOP_K = 5000
+    C.DETECT.TOP_K = 750
+    C.DETECT.CONF_THRESH = 0.05
+
+    # ---- detection loss (REFERENCE 2.4, 4) ----
+    C.LOSS = EasyDict()
+    C.LOSS.NEG_POS_RATIOS = 3
+    C.NUM_CLASSES = 2
+
+    # ---- detector ----
+    C.MODEL = EasyDict()
+    C.MODEL.NAME = "dsfd_vgg"
+    C.MODEL.WIDTH = 1.0                 # channel multiplier; < 1 only for demo and tests
+    C.MODEL.WEIGHTS = "./pretrained_weights/dsfd_vgg_0.880.pth"   # detector init; '' = none
+    C.MODEL.BASENET = ""                # vgg16_reducedfc.pth for the VGG when WEIGHTS is ''
+
+    # ---- files (REFERENCE 2.4, 6.1) ----
+    C.FACE = EasyDict()
+    C.FACE.SRC_TRAIN_FILE = "./dataset/wider_face_train.txt"
+    C.FACE.SRC_VAL_FILE = "./dataset/wider_face_val.txt"
+    C.FACE.TAR_TRAIN_FILE = "./dataset/mf_dsfd_dark_face_train.txt"
+    C.FACE.DATA_ROOT = "."              # relative image paths in list files start here
+    C.FACE.OVERLAP_THRESH = 0.35
+
+    # ---- self-supervised task toggles and weights (REFERENCE 2.5) ----
+    C.TRAIN = EasyDict()
+    C.TRAIN.MAIN = True
+    C.TRAIN.ROTATION = False
+    C.TRAIN.JIGSAW_33 = True
+    C.TRAIN.JIGSAW_22 = False
+    C.TRAIN.JIGSAW_41 = False
+    C.TRAIN.JIGSAW_14 = False
+    C.TRAIN.CONTRASTIVE = False
+    C.TRAIN.CONTRASTIVE_SOURCE = False
+    C.TRAIN.CONTRASTIVE_TARGET = True
+    C.TRAIN.TRANSFER_CONTRASTIVE = True
+
+    C.TRAIN_WEIGHT = EasyDict()
+    C.TRAIN_WEIGHT.ROTATION = 0.5
+    C.TRAIN_WEIGHT.JIGSAW_33 = 0.075
+    C.TRAIN_WEIGHT.JIGSAW_22 = 0.05
+    C.TRAIN_WEIGHT.JIGSAW_41 = 0.05
+    C.TRAIN_WEIGHT.JIGSAW_14 = 0.05
+    C.TRAIN_WEIGHT.CONTRASTIVE = 0.01
+    C.TRAIN_WEIGHT.CONTRASTIVE_SOURCE = 0.05
+    C.TRAIN_WEIGHT.CONTRASTIVE_TARGET = 0.05
+    C.TRAIN_WEIGHT.TRANSFER_CONTRASTIVE = 0.05
+
+    # ---- ours: how a run executes ----
+    C.RUN = EasyDict()
+    C.RUN.DEVICE = "auto"               # auto | cpu | cuda | cuda:N
+    C.RUN.AMP = "none"                  # none | bf16 | fp16
+    C.RUN.CHANNELS_LAST = False
+    C.RUN.NUM_WORKERS = 4
+    C.RUN.SEED = 0
+    C.RUN.OUTPUT_DIR = "./weights"
+    C.RUN.NAME = ""                     # '' derives the reference-style folder name
+    C.RUN.LOG_EVERY = 10
+    C.RUN.CKPT_EVERY = 2500
+    C.RUN.KEEP_CKPTS = 0                # 0 keeps every periodic checkpoint
+    C.RUN.TENSORBOARD = True
+    C.RUN.DDP_BACKEND = "auto"          # auto: nccl on CUDA, gloo otherwise
+    return C
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides
+
+
+def _check_type(key: str, default: Any, value: Any, origin: str) -> Any:
+    """Return ``value`` converted to the type of ``default`` or raise naming ``key``."""
+    where = f" (in {origin})" if origin else ""
+
+    def fail(expected: str):
+        raise ConfigError(f"config key {key}{where}: expected {expected}, got "
+                          f"{type(value).__name__} {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail("a bool (True/False)")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an int")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        if default and len(value) and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) \
+                and all(isinstance(d, (int, float)) for d in default):
+            fail("a list of numbers")
+        return list(value)
+    if isinstance(default, Mapping):
+        fail("a section (give KEY.SUB=VALUE)")
+    return value
+
+
+def _parse_value(raw: str, default: Any) -> Any:
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw                       # a bare word: a string such as a path
+    if isinstance(default, str) and not isinstance(value, str):
+        return raw                       # e.g. RUN.NAME=123 stays the string "123"
+    return value
+
+
+def set_key(cfg: EasyDict, dotted: str, value: Any, origin: str = "") -> None:
+    """Set ``cfg.A.B = value`` after checking that the key exists and the type fits."""
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, Mapping) or part not in node:
+            where = f" (in {origin})" if origin else ""
+            known = ", ".join(sorted(node.keys())) if isinstance(node, Mapping) else ""
+            raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])}{where}; "
+                              f"known here: {known}")
+        if i < len(parts) - 1:
+            node = node[part]
+    node[parts[-1]] = _check_type(dotted, node[parts[-1]], value, origin)
+
+
+def apply_overrides(cfg: EasyDict, overrides: Iterable[str]) -> EasyDict:
+    """Apply ``KEY.SUB=VALUE`` strings in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form KEY.SUB=VALUE")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node.get(part, {}) if isinstance(node, Mapping) else {}
+        default = node.get(key.split(".")[-1]) if isinstance(node, Mapping) else None
+        set_key(cfg, key, _parse_value(raw.strip(), default), origin="command line")
+    return cfg
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def apply_preset(cfg: EasyDict, path: str | Path) -> EasyDict:
+    """Merge a YAML or JSON preset (nested like the tree, or flat dotted keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"preset file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            tree = json.loads(text)
+        else:
+            import yaml
+            tree = yaml.safe_load(text) or {}
+    except Exception as exc:             # noqa: BLE001 - any parser error becomes one message
+        raise ConfigError(f"preset file {path} could not be parsed: {exc}") from exc
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"preset file {path}: the top level must be a mapping")
+    for key, value in _flatten(tree).items():
+        set_key(cfg, key, value, origin=str(path))
+    return cfg
+
+
+def load_config(presets: Iterable[str | Path] = (), overrides: Iterable[str] = (),
+                base: EasyDict | None = None) -> EasyDict:
+    """Defaults (or ``base``), then each preset file, then the overrides."""
+    cfg = copy.deepcopy(base) if base is not None else default_config()
+    for preset in presets or ():
+        apply_preset(cfg, preset)
+    apply_overrides(cfg, overrides or ())
+    return cfg
+
+
+def merge_saved(saved: Mapping) -> EasyDict:
+    """Rebuild a config from one stored in a checkpoint, tolerating keys added since."""
+    cfg = default_config()
+    for key, value in _flatten(saved).items():
+        try:
+            set_key(cfg, key, value, origin="checkpoint")
+        except ConfigError:
+            continue                     # a key from another version of the project
+    return cfg
+
+
+def to_dict(cfg: Mapping) -> dict:
+    """Plain nested dict (JSON/YAML serialisable) of a config tree."""
+    return json.loads(json.dumps(cfg))
+
+
+def dump(cfg: Mapping, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    import yaml
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

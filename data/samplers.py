@@ -1,0 +1,57 @@
+"""A resumable, rank-aware sampler that yields ``(epoch, index)`` keys.
+
+The permutation of an epoch depends only on (seed, epoch). It is cut into global batches of
+``batch_size``, and rank r takes the r-th of ``world`` equal slices of every global batch, so
+the images of one optimizer step are the same whatever the number of processes (the order is
+padded by repetition to a multiple of ``world``, as DistributedSampler does). With the loss
+normalised over the global batch, a DDP step equals the single-process step.
+
+``set_epoch(epoch, skip)`` starts an epoch after ``skip`` of this rank's samples, which is how a
+resumed run continues mid-epoch. Datasets seed each sample's augmentation from the key, so the
+stream of batches is identical whether or not the run was interrupted.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler):
+    def __init__(self, size: int, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        if size <= 0:
+            raise ValueError("the dataset is empty")
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.per_rank = math.ceil(size / world)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> list[int]:
+        """This rank's indices for the current epoch, in order."""
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank * self.world
+        order += (order * self.world)[: total - len(order)]
+        mine = []
+        for start in range(0, total, self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            share = len(chunk) // self.world
+            mine += chunk[self.rank * share:(self.rank + 1) * share]
+        return mine
+
+    def __iter__(self):
+        for index in self.indices()[self.skip:]:
+            yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip

@@ -1,0 +1,179 @@
+"""The WIDER FACE list-file dataset of the detection branch (REFERENCE 6.1).
+
+A list file has one image a line, whitespace-separated::
+
+    <image_path> <N> x y w h label  (x N)
+
+in pixels, top-left + size. :func:`parse_list_file` reads it as the reference does (boxes with
+``w <= 0`` or ``h <= 0`` dropped, images left without a box dropped) but refuses malformed lines
+with the file name and line number. :class:`WIDERDetection` serves augmented samples that are a
+pure function of ``(seed, epoch, index)``: resume and the number of DataLoader workers do not
+change what the network sees.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.augmentations import train_preprocess, val_preprocess
+
+logger = logging.getLogger(__name__)
+
+# Consecutive unusable draws after which a sample gives up (only reachable when almost every
+# image of the list is missing or unreadable).
+MAX_DRAWS = 1000
+
+
+@dataclass
+class Record:
+    """One image of a list file: ``boxes`` ``[n, 4]`` float64 pixel x1, y1, x2, y2 (x2 = x + w),
+    ``labels`` ``[n]`` int64; ``line`` is the 1-based line number in the list file."""
+    path: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    line: int = 0
+
+
+def _parse_line(tokens: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x1, y1, x2, y2) and labels of one tokenised line, before the w/h filter."""
+    try:
+        count = int(tokens[1]) if len(tokens) > 1 else None
+    except ValueError:
+        raise ValueError(f"{where}: face count {tokens[1]!r} is not an integer") from None
+    if count is None or count < 0:
+        raise ValueError(f"{where}: expected '<image_path> <N> x y w h label ...' with N >= 0")
+    if len(tokens) != 2 + 5 * count:
+        raise ValueError(f"{where}: N = {count} needs {5 * count} numbers after it, "
+                         f"found {len(tokens) - 2}")
+    try:
+        values = np.array(tokens[2:], dtype=np.float64).reshape(count, 5)
+    except ValueError:
+        raise ValueError(f"{where}: non-numeric box value") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where}: non-finite box value")
+    if not (values[:, 4] == np.round(values[:, 4])).all():
+        raise ValueError(f"{where}: labels must be integers")
+    boxes = values[:, :4].copy()
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes, values[:, 4].astype(np.int64)
+
+
+def parse_list_file(path: str | Path, root: str | Path = ".",
+                    keep_empty: bool = False) -> list[Record]:
+    """Read a REFERENCE 6.1 list file.
+
+    Relative image paths are joined to ``root``. Boxes with ``w <= 0`` or ``h <= 0`` are dropped;
+    so are the images left without a box unless ``keep_empty`` (test-time lists keep every
+    image). Blank lines are ignored. A malformed line raises ``ValueError`` naming the file and
+    its 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file {path} does not exist")
+    root = Path(root)
+    records = []
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            boxes, labels = _parse_line(tokens, f"{path}, line {number}")
+            valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if valid.any() or keep_empty:
+                records.append(Record(str(root / tokens[0]), boxes[valid], labels[valid], number))
+    return records
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image fully (so a truncated file fails here) and convert it to RGB."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+# What a missing, truncated or corrupt image file can raise while decoding.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class WIDERDetection(torch.utils.data.Dataset):
+    """WIDER (or any list file) detection samples, augmented as the reference's training loader.
+
+    ``dataset[index]`` or ``dataset[(epoch, index)]`` returns ``(image [3, H, W] float32,
+    target [n, 5] float32 = normalised x1, y1, x2, y2, label, skipped)``. All randomness comes
+    from ``np.random.default_rng([seed, epoch, index])``; a plain integer key uses
+    :attr:`epoch` (see :meth:`set_epoch`). ``skipped`` counts the unreadable images met while
+    producing the sample (they are logged and replaced by another random draw, as are images
+    whose faces all vanish in augmentation).
+    """
+
+    def __init__(self, list_file: str | Path, aug, root: str | Path = ".", train: bool = True,
+                 seed: int = 0):
+        self.list_file = str(list_file)
+        self.aug = aug
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        self.records = parse_list_file(list_file, root=root)
+        if not self.records:
+            raise ValueError(f"list file {list_file} has no image with a valid box")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for integer keys."""
+        self.epoch = int(epoch)
+
+    def _key(self, key) -> tuple[int, int]:
+        if isinstance(key, (tuple, list)):
+            epoch, index = key
+        else:
+            epoch, index = self.epoch, key
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} records")
+        return int(epoch), index
+
+    def __getitem__(self, key):
+        epoch, index = self._key(key)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        skipped = 0
+        for _ in range(MAX_DRAWS):
+            record = self.records[index]
+            try:
+                img = load_rgb(record.path)
+            except UNREADABLE as exc:
+                logger.warning("skipping unreadable image %s (%s: %s)", record.path,
+                               type(exc).__name__, exc)
+                skipped += 1
+                index = int(rng.integers(len(self)))
+                continue
+            width, height = img.size
+            boxes = record.boxes / np.array([width, height, width, height], dtype=np.float64)
+            if self.train:
+                image, boxes, labels = train_preprocess(img, boxes, record.labels, self.aug, rng)
+                if len(boxes) == 0:           # no face survived: the reference draws again
+                    index = int(rng.integers(len(self)))
+                    continue
+            else:
+                image, boxes, labels = val_preprocess(img, boxes, record.labels, self.aug)
+            target = np.concatenate([boxes, labels.astype(np.float32)[:, None]], axis=1)
+            return torch.from_numpy(image), torch.from_numpy(target.astype(np.float32)), skipped
+        raise RuntimeError(f"{self.list_file}: no usable sample after {MAX_DRAWS} draws "
+                           f"({skipped} unreadable images); check the image paths")
+
+
+def detection_collate(batch):
+    """Stack the images, keep the per-image targets as a list, sum the skipped counts.
+
+    Returns ``(images [B, 3, H, W], [targets [n_i, 5]], skipped: int)``.
+    """
+    images, targets, skipped = zip(*batch)
+    return torch.stack(images, 0), list(targets), int(sum(skipped))
