@@ -129,6 +129,63 @@ def default_config() -> EasyDict:
     C.TRAIN_WEIGHT.CONTRASTIVE_TARGET = 0.05
     C.TRAIN_WEIGHT.TRANSFER_CONTRASTIVE = 0.05
 
+    # ---- self-supervised heads and their loaders (REFERENCE 5, 6.3-6.5, 7) ----
+    C.SSL = EasyDict()
+    C.SSL.BATCH_SIZE = 8                # per auxiliary loader, global (split over ranks)
+    C.SSL.NUM_WORKERS = 4               # per auxiliary loader
+    C.SSL.NOISE_DIR = "./dataset/WiderFace/WIDER_images_add_noise/train"   # D(H) images
+    C.SSL.HEADS_DIR = "./pretrained_weights"    # <name>_head.pth files
+    C.SSL.LOAD_HEADS = True             # train.py starts from the pre-trained heads
+    C.SSL.JIGSAW_KEEP_FACE = True       # False: the reference's bottom-right zoom (face may leave)
+    C.SSL.MOCO_DIM = 128
+    C.SSL.MOCO_K = 2048
+    C.SSL.MOCO_M = 0.99
+    C.SSL.MOCO_T = 0.07
+    C.SSL.PRETRAIN_ITERS = 100000       # pretrain_fast_headers.py
+    C.SSL.PRETRAIN_BATCH_SIZE = 16
+    C.SSL.PRETRAIN_LR = 1e-4
+    C.SSL.PRETRAIN_LR_HALVE_EVERY = 10000
+    C.SSL.PRETRAIN_SAVE_EVERY = 10000
+    C.SSL.PRETRAIN_LOAD_DETECTOR = True  # False: the reference's random, never-loaded detector
+
+    # ---- low level: the illumination enhancer E(L) (REFERENCE 8) ----
+    C.ENHANCE = EasyDict()
+    C.ENHANCE.WEIGHTS = "./pretrained_weights/Illumination-Enhancer.pth"
+    C.ENHANCE.TRAIN_DIR = "./dataset/ZeroDCE/train_data"   # any folder of images
+    C.ENHANCE.SIZE = 256
+    C.ENHANCE.BATCH_SIZE = 8
+    C.ENHANCE.EPOCHS = 200
+    C.ENHANCE.LR = 2e-4
+    C.ENHANCE.WEIGHT_DECAY = 1e-4
+    C.ENHANCE.GRAD_CLIP = 0.1
+    C.ENHANCE.LR_DECAY = 0.95           # per epoch
+    C.ENHANCE.W_TV = 200.0
+    C.ENHANCE.W_SPA = 1.0
+    C.ENHANCE.W_COL = 5.0
+    C.ENHANCE.W_EXP = 10.0
+    C.ENHANCE.EXPOSURE = 0.55
+    C.ENHANCE.DARK_DIR = "./dataset/DarkFace/images/train"              # L
+    C.ENHANCE.ENHANCED_DIR = "./dataset/DarkFace/images_enhanced/train"  # E(L)
+
+    # ---- low level: noise synthesis D(H) (REFERENCE 9) ----
+    C.NOISE = EasyDict()
+    C.NOISE.GAUSS_SIGMA = 16.0          # monochrome Gaussian noise on WIDER before blurring
+    C.NOISE.BILATERAL = [25, 75, 75]    # d, sigma_color, sigma_space
+    C.NOISE.MEDIAN = 5
+    C.NOISE.PAD = 256
+    C.NOISE.BLUR_DIR = "./dataset/DarkFace/images_enhanced_denoise/train"   # E(L)_blur
+    C.NOISE.WIDER_DIR = "./dataset/WiderFace/WIDER_train/images"            # H
+    C.NOISE.WIDER_BLUR_DIR = "./dataset/WiderFace/WIDER_train_denoise"     # H_blur (padded)
+    C.NOISE.OUT_DIR = "./dataset/WiderFace/WIDER_images_add_noise/train"   # D(H)
+    C.NOISE.GENERATOR_WEIGHTS = "./pretrained_weights/noise_pix2pix_G.pth"
+    C.NOISE.LR = 2e-4
+    C.NOISE.BETA1 = 0.5
+    C.NOISE.EPOCHS = 100                # at the initial lr
+    C.NOISE.EPOCHS_DECAY = 100          # then linear decay to zero
+    C.NOISE.BATCH_SIZE = 8
+    C.NOISE.CROP = 256
+    C.NOISE.LAMBDA_L1 = 100.0
+
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
     C.RUN.DEVICE = "auto"               # auto | cpu | cuda | cuda:N
