@@ -1,13 +1,23 @@
 """Detect faces in a folder or list of images and write one txt per image.
 
-    python test.py --weights W --images DIR_OR_LIST --output DIR [--scale S] [KEY.SUB=VALUE ...]
+    python test.py --weights W --images DIR_OR_LIST --output DIR
+                   [--mode multi|single] [--scale S] [--no-enhance] [--format darkface|wider]
 
-Each ``<image stem>.txt`` holds one line ``x1 y1 x2 y2 score`` per detection, in original-image
-pixels (the DARK FACE submission format); an image without detections gets an empty file.
+The reference's protocol (REFERENCE 10.1): each image is brightened by the illumination
+enhancer E(L) (``--enhancer``, default ENHANCE.WEIGHTS; ``--no-enhance`` skips it) and quantised
+to uint8, then detected either with the multi-scale plan (``--mode multi``, the default: scale
+1, flipped 1, shrink, enlarge and pyramid passes with their size filters, box voting at IoU 0.3,
+top 750) or at one scale (``--mode single --scale S``; the reference's ablation uses 2).
+
+Output: ``--format darkface`` (default) writes ``<image stem>.txt`` with one line
+``x1 y1 x2 y2 score`` per detection in original-image pixels (the DARK FACE submission format;
+an image without detections gets an empty file). ``--format wider`` writes
+``<event>/<image stem>.txt`` with the image name, the count and ``x y w h score`` lines (the
+WIDER FACE layout; the event is the image's folder name). Images whose output exists are
+skipped unless ``--overwrite``, so an interrupted run resumes.
+
 ``--weights`` takes our training checkpoints (their config decides the network width) and the
 reference's plain state dicts (``Face-Detector.pth``, ``dsfd_vgg_0.880.pth``, ``trainer_*.pth``).
-At ``--scale S`` the image is resized by S with cv2 INTER_LINEAR before detection, as the
-reference's single-scale mode does.
 """
 from __future__ import annotations
 
@@ -17,7 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -25,8 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data import config as config_lib
+from models.enhancement import enhance_uint8, load_enhancer
 from models.factory import build_detector
 from models.inference import FaceDetector
+from models.test_time import Pass, TestTimeDetector, reference_passes
 from utils import dist
 from utils.checkpoint import detector_state_dict, load_file
 
@@ -56,27 +67,20 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
-def resize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    if scale == 1:
-        return rgb
-    return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+class ImageFiles(Dataset):
+    """Decodes images in DataLoader workers; an unreadable file yields ``None`` and the error."""
 
-
-class ImageFolder(Dataset):
-    """Decodes and rescales images in DataLoader workers; a bad file yields ``None``."""
-
-    def __init__(self, paths: list[Path], scale: float):
-        self.paths, self.scale = paths, scale
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            rgb = read_rgb(self.paths[i])
-        except (OSError, ValueError) as exc:
+            return self.paths[i], read_rgb(self.paths[i]), None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             return self.paths[i], None, str(exc)
-        return self.paths[i], resize(rgb, self.scale), rgb.shape[:2]
 
 
 def _as_is(sample):
@@ -94,31 +98,60 @@ def build_detector_from_weights(weights: str, cfg, device: torch.device) -> Face
 
 
 def format_detections(dets: np.ndarray) -> str:
-    """``x1 y1 x2 y2 score`` lines; float32 values written with their shortest exact repr."""
-    return "".join(" ".join(np.format_float_positional(v, unique=True, trim="-") for v in row)
-                   + "\n" for row in dets.astype(np.float32))
+    """``x1 y1 x2 y2 score`` lines of float64 values, written as the reference writes them
+    (Python's shortest round-trip repr)."""
+    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in dets)
+
+
+def format_wider(name: str, dets: np.ndarray) -> str:
+    """The WIDER FACE prediction layout: name, count, ``x y w h score`` lines."""
+    xywh = dets.copy()
+    xywh[:, 2:4] -= xywh[:, 0:2]
+    return f"{name}\n{len(dets)}\n" + format_detections(xywh)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def to_pixels(dets: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Normalised (x1, y1, x2, y2, score) -> original-image pixels."""
-    scale = torch.tensor([width, height, width, height, 1.0])
-    return (dets * scale).numpy()
+class Outputs:
+    """Where each image's result goes, in the chosen format."""
+
+    def __init__(self, folder: Path, fmt: str):
+        self.folder, self.fmt = folder, fmt
+
+    def path(self, image: Path) -> Path:
+        if self.fmt == "wider":
+            return self.folder / image.parent.name / f"{image.stem}.txt"
+        return self.folder / f"{image.stem}.txt"
+
+    def write(self, image: Path, dets: np.ndarray) -> None:
+        text = format_wider(image.stem, dets) if self.fmt == "wider" else format_detections(dets)
+        write_text_atomic(self.path(image), text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--weights", required=True, help="detector checkpoint")
     p.add_argument("--images", required=True, help="image folder or list file")
-    p.add_argument("--output", required=True, help="folder for the <image stem>.txt files")
-    p.add_argument("--scale", type=float, default=1.0, help="resize factor before detection")
-    p.add_argument("--root", default=None, help="root of relative paths in a list file "
-                                                "(default: FACE.DATA_ROOT)")
+    p.add_argument("--output", required=True, help="folder for the result files")
+    p.add_argument("--mode", choices=["multi", "single"], default="multi",
+                   help="the reference's multi-scale protocol (default) or one scale")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="single mode: resize factor before detection; multi mode: the scale "
+                        "of the first two passes (the reference's MY_SHRINK)")
+    p.add_argument("--no-enhance", action="store_true", help="detect on the images as they are")
+    p.add_argument("--enhancer", default=None, help="E(L) weights (default: ENHANCE.WEIGHTS)")
+    p.add_argument("--format", choices=["darkface", "wider"], default="darkface")
+    p.add_argument("--overwrite", action="store_true", help="redo images that have a result")
+    p.add_argument("--no-dummy", action="store_true",
+                   help="multi mode: drop the reference's [0 0 0 0 0.001] row of a pass that "
+                        "finds nothing")
+    p.add_argument("--root", default=None,
+                   help="root of relative paths in a list file (default: FACE.DATA_ROOT)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.add_argument("--config", action="append", default=[], metavar="PRESET")
@@ -134,37 +167,57 @@ def main(argv=None) -> int:
         raise ValueError("--scale must be positive")
     device = dist.pick_device(cfg.RUN.DEVICE)
     detector = build_detector_from_weights(args.weights, cfg, device)
+    enhancer = None
+    if not args.no_enhance:
+        enhancer = load_enhancer(args.enhancer or cfg.ENHANCE.WEIGHTS, device,
+                                 key="--enhancer" if args.enhancer else
+                                 "ENHANCE.WEIGHTS (or give --no-enhance)")
+    tester = TestTimeDetector(detector, vote=args.mode == "multi",
+                              dummy_rows=args.mode == "multi" and not args.no_dummy,
+                              iou_thresh=0.3, top_k=cfg.DETECT.TOP_K)
+    outputs = Outputs(Path(args.output), args.format)
     paths = list_images(args.images, args.root or cfg.FACE.DATA_ROOT)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = [p.stem for p in paths]
-    if len(set(stems)) != len(stems):
-        log.warning("several images share a file stem; their outputs overwrite each other")
+    todo = paths if args.overwrite else [p for p in paths if not outputs.path(p).is_file()]
+    if len(todo) < len(paths):
+        log.info("%d of %d images already have results (--overwrite redoes them)",
+                 len(paths) - len(todo), len(paths))
+    if len({outputs.path(p) for p in paths}) != len(paths):
+        log.warning("several images map to the same result file; they overwrite each other")
+    failed = run(todo, tester, enhancer, outputs, args)
+    log.info("wrote %d result files to %s%s", len(todo) - failed, args.output,
+             f" ({failed} unreadable images skipped)" if failed else "")
+    return 0
 
-    loader = DataLoader(ImageFolder(paths, args.scale), batch_size=None, collate_fn=_as_is,
+
+def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs, args) -> int:
+    """Detect and write, batching consecutive images of the same size; returns the failures."""
+    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=_as_is,
                         num_workers=args.workers if len(paths) > 1 else 0)
     pending: list = []
+    failed = 0
 
     def flush():
-        batch = np.stack([img for _, img, _ in pending])
-        for (path, _, (h, w)), dets in zip(pending, detector(batch)):
-            write_text_atomic(out_dir / f"{path.stem}.txt", format_detections(to_pixels(dets, h, w)))
+        images = [img for _, img in pending]
+        if enhancer is not None:
+            images = list(enhance_uint8(enhancer, np.stack(images)))
+        h, w = images[0].shape[:2]
+        plan = (reference_passes(h, w, args.scale) if args.mode == "multi"
+                else [Pass(args.scale)])
+        for (path, _), dets in zip(pending, tester(images, plan)):
+            outputs.write(path, dets)
         pending.clear()
 
-    failed = 0
-    for path, img, info in tqdm(loader, total=len(paths), desc="detect", unit="img"):
+    for path, img, error in tqdm(loader, total=len(paths), desc="detect", unit="img"):
         if img is None:
-            log.warning("skipping unreadable image %s: %s", path, info)
+            log.warning("skipping unreadable image %s: %s", path, error)
             failed += 1
             continue
         if pending and (len(pending) == args.batch_size or pending[0][1].shape != img.shape):
             flush()
-        pending.append((path, img, info))
+        pending.append((path, img))
     if pending:
         flush()
-    log.info("wrote %d detection files to %s%s", len(paths) - failed, out_dir,
-             f" ({failed} unreadable images skipped)" if failed else "")
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

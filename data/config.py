@@ -54,6 +54,7 @@ def default_config() -> EasyDict:
     # ---- optimisation schedule (REFERENCE 2.2, 2.6; the reference's train.py arguments) ----
     C.SOLVER = EasyDict()
     C.SOLVER.BATCH_SIZE = 8             # global batch: split evenly over DDP ranks
+    C.SOLVER.OPTIMIZER = "sgd"          # sgd (the reference) | adamw (fast from-scratch demos)
     C.SOLVER.LR = 1e-4
     C.SOLVER.WARMUP_LR = 1e-6
     C.SOLVER.WARMUP_ITERS = 1000

@@ -91,3 +91,91 @@ def detect(loc, conf, priors, variances=(0.1, 0.2), conf_thresh=0.05, nms_thresh
         keep = greedy_nms(boxes_b, scores_b, nms_thresh, nms_top_k)[:top_k]
         out.append(torch.cat([boxes_b[keep], scores_b[keep, None]], 1))
     return out
+
+
+def bbox_vote(det_):
+    """The reference's box voting, one group per Python iteration (REFERENCE 10.1 item 7)."""
+    import numpy as np
+    order_ = det_[:, 4].ravel().argsort(kind="stable")[::-1]
+    det_ = det_[order_, :]
+    dets_ = np.zeros((0, 5), dtype=np.float32)
+    while det_.shape[0] > 0:
+        area_ = (det_[:, 2] - det_[:, 0] + 1) * (det_[:, 3] - det_[:, 1] + 1)
+        xx1 = np.maximum(det_[0, 0], det_[:, 0])
+        yy1 = np.maximum(det_[0, 1], det_[:, 1])
+        xx2 = np.minimum(det_[0, 2], det_[:, 2])
+        yy2 = np.minimum(det_[0, 3], det_[:, 3])
+        w = np.maximum(0.0, xx2 - xx1 + 1)
+        h = np.maximum(0.0, yy2 - yy1 + 1)
+        inter = w * h
+        o_ = inter / (area_[0] + area_[:] - inter)
+        merge_index_ = np.where(o_ >= 0.3)[0]
+        det_accu_ = det_[merge_index_, :]
+        det_ = np.delete(det_, merge_index_, 0)
+        if merge_index_.shape[0] <= 1:
+            continue
+        det_accu_[:, 0:4] = det_accu_[:, 0:4] * np.tile(det_accu_[:, -1:], (1, 4))
+        max_score_ = np.max(det_accu_[:, 4])
+        det_accu_sum_ = np.zeros((1, 5))
+        det_accu_sum_[:, 0:4] = np.sum(det_accu_[:, 0:4], axis=0) / np.sum(det_accu_[:, -1:])
+        det_accu_sum_[:, 4] = max_score_
+        dets_ = np.vstack((dets_, det_accu_sum_))
+    return dets_[0:750, :]
+
+
+def multi_scale_detect(detect_face, image):
+    """The reference's multi-scale test.py flow around a ``detect_face(image, scale)`` that
+    returns pixel rows (with the [0, 0, 0, 0, 0.001] row when nothing is found)."""
+    import numpy as np
+
+    def flip_test(image, shrink):
+        image_f = image[:, ::-1].copy()
+        det_f = detect_face(image_f, shrink)
+        det_t = np.zeros(det_f.shape)
+        det_t[:, 0] = image.shape[1] - det_f[:, 2]
+        det_t[:, 1] = det_f[:, 1]
+        det_t[:, 2] = image.shape[1] - det_f[:, 0]
+        det_t[:, 3] = det_f[:, 3]
+        det_t[:, 4] = det_f[:, 4]
+        return det_t
+
+    def big(d):
+        return d[np.maximum(d[:, 2] - d[:, 0] + 1, d[:, 3] - d[:, 1] + 1) > 30]
+
+    def small(d):
+        return d[np.minimum(d[:, 2] - d[:, 0] + 1, d[:, 3] - d[:, 1] + 1) < 100]
+
+    def multi_scale_test(image, max_im_shrink):
+        st = 0.5 if max_im_shrink >= 0.75 else 0.5 * max_im_shrink
+        det_s = detect_face(image, st)
+        if max_im_shrink > 0.75:
+            det_s = np.vstack((det_s, detect_face(image, 0.75)))
+        det_s = big(det_s)
+        bt = min(2, max_im_shrink) if max_im_shrink > 1 else (st + max_im_shrink) / 2
+        det_b = detect_face(image, bt)
+        if max_im_shrink > 1.5:
+            det_b = np.vstack((det_b, detect_face(image, 1.5)))
+        if max_im_shrink > 2:
+            bt *= 2
+            while bt < max_im_shrink:
+                det_b = np.vstack((det_b, detect_face(image, bt)))
+                bt *= 2
+            det_b = np.vstack((det_b, detect_face(image, max_im_shrink)))
+        det_b = small(det_b) if bt > 1 else big(det_b)
+        return det_s, det_b
+
+    def pyramid(image, max_shrink):
+        det_b = big(detect_face(image, 0.25))
+        for s in [1.25, 1.75, 2.25]:
+            if s <= max_shrink:
+                det_t = detect_face(image, s)
+                det_b = np.vstack((det_b, small(det_t) if s > 1 else big(det_t)))
+        return det_b
+
+    max_im_shrink = (0x7fffffff / 200.0 / (image.shape[0] * image.shape[1])) ** 0.5
+    max_im_shrink = 3 if max_im_shrink > 3 else max_im_shrink
+    det0 = detect_face(image, 1)
+    det1 = flip_test(image, 1)
+    det2, det3 = multi_scale_test(image, max_im_shrink)
+    det4 = pyramid(image, max_im_shrink)
+    return bbox_vote(np.vstack((det0, det1, det2, det3, det4)))
