@@ -130,6 +130,14 @@ def default_config() -> EasyDict:
     C.TRAIN_WEIGHT.CONTRASTIVE_TARGET = 0.05
     C.TRAIN_WEIGHT.TRANSFER_CONTRASTIVE = 0.05
 
+    # ---- DARK FACE held-out evaluation (the offline proxy of the closed test server) ----
+    C.DARKFACE = EasyDict()
+    C.DARKFACE.IMAGE_DIR = "./dataset/DarkFace/images/train"   # the 6,000 labelled images (raw)
+    C.DARKFACE.LABEL_DIR = "./dataset/DarkFace/label/train"    # <id>.txt: count, x1 y1 x2 y2
+    C.DARKFACE.VAL_IDS = ""             # id list of the held-out split; '' = every k-th id rule
+    C.DARKFACE.NUM_VAL = 500            # size of the rule-based split
+    C.DARKFACE.FILTER_TRAIN = True      # drop held-out ids from the target-domain training list
+
     # ---- self-supervised heads and their loaders (REFERENCE 5, 6.3-6.5, 7) ----
     C.SSL = EasyDict()
     C.SSL.BATCH_SIZE = 8                # per auxiliary loader, global (split over ranks)
