@@ -70,8 +70,12 @@ def box_vote(dets: np.ndarray, iou_thresh: float = 0.3, top_k: int = 750) -> np.
     area = (wide[:, 2] - wide[:, 0]) * (wide[:, 3] - wide[:, 1])
     iou = inter / (area[leaders[pl]] + area[pb] - inter)
     hit = iou >= iou_thresh
+    pb, pl = pb[hit], pl[hit]
+    order = np.lexsort((pl, pb))                                      # by box, then leader
+    first = np.ones(len(order), bool)
+    first[1:] = pb[order][1:] != pb[order][:-1]
     member_of = np.full(len(dets), len(leaders))
-    np.minimum.at(member_of, pb[hit], pl[hit])                        # the first leader
+    member_of[pb[order][first]] = pl[order][first]                    # each box's first leader
     scores = dets[:, 4]
     sizes = np.bincount(member_of, minlength=len(leaders) + 1)[:-1]
     total = np.bincount(member_of, scores, len(leaders) + 1)[:-1]
