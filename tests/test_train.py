@@ -69,7 +69,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
 
     monkeypatch.setattr(train, "ProgressiveAnchorLoss", PoisonedLoss)
     rc = train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 5,
-                                                            "RUN.CKPT_EVERY": 2}))
+                                                            "RUN.CKPT_EVERY": 2,
+                                                            "SOLVER.OPTIMIZER": "adamw"}))
     assert rc == 1
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("ckpt_*.pth")) == ["ckpt_2.pth"]
@@ -122,5 +123,7 @@ def test_config_errors_name_the_key(data, tmp_path):
         train.main(tiny_train_overrides(data, tmp_path, **{"FACE.SRC_TRAIN_FILE": "/nope.txt"}))
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
         train.main(tiny_train_overrides(data, tmp_path, **{"MODEL.WEIGHTS": "/nope.pth"}))
-    with pytest.raises(NotImplementedError, match="TRAIN.JIGSAW_33"):
+    with pytest.raises(FileNotFoundError, match="jig_33_head.pth.*SSL.LOAD_HEADS"):
         train.main(tiny_train_overrides(data, tmp_path, **{"TRAIN.JIGSAW_33": True}))
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
+        train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.OPTIMIZER": "lbfgs"}))

@@ -1,0 +1,142 @@
+"""MoCo on the detector's six source maps (REFERENCE 5.5), one InfoNCE term per level.
+
+``encoder_q`` is the detector itself (shared with detection and the other heads): it is held by
+reference, not as a sub-module, so this module's state_dict has exactly the reference's keys::
+
+    queue [L, dim, K]  queue_ptr [L] (int64)  encoder_k.{vgg,L2Normof1..3,extras}.*
+    head_q.MLPs.{0..5}.*  head_k.MLPs.{0..5}.*
+
+``encoder_k`` (VGG, L2Norms and extras, the only parts the sources need) and ``head_k`` follow
+``encoder_q`` and ``head_q`` by momentum ``m``; their parameters never get a gradient.
+
+Distributed: the keys of every rank are gathered before the enqueue, so all ranks write the
+same keys at the same pointer and hold identical queues (DDP must then leave the buffers alone:
+``broadcast_buffers=False``). MoCo's batch shuffle is not needed: it exists to stop BatchNorm
+statistics from leaking which keys are positives, and DSFD-VGG has no BatchNorm (REFERENCE 5.6).
+Without a process group the gather is the identity, on the CPU or a GPU.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.dsfd_vgg import TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7
+from models.heads import ContrastiveHead
+from utils import dist
+
+# the detector parts the key encoder copies: everything the six first-shot sources need
+KEY_ENCODER_PARTS = ("vgg", "L2Normof1", "L2Normof2", "L2Normof3", "extras")
+
+
+class KeyEncoder(nn.Module):
+    """A frozen copy of the detector's VGG, L2Normof1-3 and extras; ``forward`` returns the same
+    six sources as ``DSFD.features``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        for name in KEY_ENCODER_PARTS:
+            setattr(self, name, copy.deepcopy(getattr(net, name)))
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        taps = []
+        for k, layer in enumerate(self.vgg):
+            x = layer(x)
+            if k in (TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7):
+                taps.append(x)
+        for k, conv in enumerate(self.extras):
+            x = F.relu(conv(x), inplace=True)
+            if k % 2 == 1:
+                taps.append(x)
+        of1, of2, of3, of4, of5, of6 = taps
+        return [self.L2Normof1(of1), self.L2Normof2(of2), self.L2Normof3(of3), of4, of5, of6]
+
+
+class MoCo(nn.Module):
+    """Momentum contrast with one queue per feature level.
+
+    Args:
+        encoder_q: the detector (``features(x)`` gives the six sources). The key encoder starts
+            as a copy of its current weights, so build this after loading the detector.
+        channels: channels of the six sources.
+        dim: embedding size (128). K: queue length (2048). m: momentum (0.99). T: temperature.
+    """
+
+    def __init__(self, encoder_q: nn.Module, channels, dim: int = 128, K: int = 2048,
+                 m: float = 0.99, T: float = 0.07):
+        super().__init__()
+        self.K, self.m, self.T, self.dim = K, m, T, dim
+        object.__setattr__(self, "encoder_q", encoder_q)    # by reference: see the module doc
+        self.encoder_k = KeyEncoder(encoder_q)
+        self.head_q = ContrastiveHead(channels, dim)
+        self.head_k = copy.deepcopy(self.head_q).requires_grad_(False)
+        levels = len(channels)
+        self.register_buffer("queue", F.normalize(torch.randn(levels, dim, K), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros(levels, dtype=torch.long))
+
+    def _key_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Parameters (key, query) matched by name: encoder_k <- encoder_q, head_k <- head_q."""
+        query = dict(self.encoder_q.named_parameters())
+        keys, queries = [], []
+        for name, p in self.encoder_k.named_parameters():
+            keys.append(p)
+            queries.append(query[name])
+        for p_k, p_q in zip(self.head_k.parameters(), self.head_q.parameters()):
+            keys.append(p_k)
+            queries.append(p_q)
+        return keys, queries
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q, i.e. theta_k += (1 - m)(theta_q - theta_k)."""
+        keys, queries = self._key_pairs()
+        torch._foreach_lerp_(keys, [q.detach() for q in queries], 1.0 - self.m)
+
+    @torch.no_grad()
+    def keys(self, im_k: Tensor) -> Tensor:
+        """Normalised keys of ``im_k`` at every level: ``[N, L, dim]`` float32."""
+        feats = self.encoder_k(im_k)
+        return torch.stack([F.normalize(k.float(), dim=1) for k in self.head_k(feats)], 1)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: Tensor) -> None:
+        """Write the keys of all ranks (``[N, L, dim]`` here, ``[G*N, L, dim]`` gathered in rank
+        order) into every level's queue at its pointer, then advance the pointer."""
+        keys = dist.all_gather_cat(keys.contiguous())
+        n = keys.shape[0]
+        if self.K % n:
+            raise ValueError(f"MoCo queue length {self.K} is not a multiple of the global batch "
+                             f"{n} (config keys SSL.MOCO_K and SSL.BATCH_SIZE)")
+        # columns ptr .. ptr + n - 1 modulo K: a pointer from a head file trained with another
+        # batch size may not be a multiple of n
+        cols = (self.queue_ptr[:, None] + torch.arange(n, device=keys.device)) % self.K  # [L, n]
+        levels = torch.arange(self.queue.shape[0], device=keys.device)[:, None]       # [L, 1]
+        self.queue[levels, :, cols] = keys.permute(1, 0, 2).to(self.queue.dtype)      # [L, n, dim]
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.K)
+
+    def contrastive_loss(self, feats_q: list[Tensor], im_k: Tensor) -> Tensor:
+        """InfoNCE summed over the levels, from the query features (already computed by
+        ``encoder_q``, with gradient) and the key images. Updates the key encoder first and
+        enqueues the keys last, as the reference does."""
+        self._momentum_update_key_encoder()
+        k = self.keys(im_k)                                              # [N, L, dim]
+        zs = self.head_q(feats_q)
+        loss = 0.0
+        # float32 even under AMP: the 1/T = 14.3 scale would amplify bf16 rounding of the logits
+        with torch.autocast(k.device.type, enabled=False):
+            for level, z in enumerate(zs):
+                q = F.normalize(z.float(), dim=1)                                    # [N, dim]
+                l_pos = torch.einsum("nc,nc->n", q, k[:, level]).unsqueeze(1)        # [N, 1]
+                # cloned: the enqueue below writes the queue in place after autograd saved it
+                l_neg = torch.einsum("nc,ck->nk", q, self.queue[level].clone())      # [N, K]
+                logits = torch.cat([l_pos, l_neg], dim=1) / self.T                   # [N, 1+K]
+                labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # positive: 0
+                loss = loss + F.cross_entropy(logits, labels)
+        self._dequeue_and_enqueue(k)
+        return loss
+
+    def forward(self, im_q: Tensor, im_k: Tensor) -> Tensor:
+        return self.contrastive_loss(self.encoder_q.features(im_q), im_k)
