@@ -194,6 +194,8 @@ def default_config() -> EasyDict:
     C.NOISE.BATCH_SIZE = 8
     C.NOISE.CROP = 256
     C.NOISE.LAMBDA_L1 = 100.0
+    C.NOISE.NGF = 64                    # generator width (pix2pix default); small for demos
+    C.NOISE.NDF = 64                    # discriminator width
 
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()

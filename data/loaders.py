@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from data.samplers import ResumableSampler
@@ -33,5 +34,7 @@ def build_detection_loader(cfg, local_batch: int, rank: int, world: int,
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,
                         num_workers=cfg.RUN.NUM_WORKERS, collate_fn=detection_collate,
                         pin_memory=pin_memory, drop_last=False,
-                        persistent_workers=False)
+                        persistent_workers=False, generator=torch.Generator())
+    # its own generator: creating an iterator draws a worker seed from it, and drawing from the
+    # global RNG would shift a resumed run's random stream (samples are seeded by their keys)
     return loader, sampler

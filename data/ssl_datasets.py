@@ -466,7 +466,8 @@ class CyclingLoader:
         self.loader = DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
                                  num_workers=num_workers, collate_fn=ssl_collate,
                                  pin_memory=pin_memory, drop_last=True,
-                                 persistent_workers=num_workers > 0)
+                                 persistent_workers=num_workers > 0,
+                                 generator=torch.Generator())   # keep the global RNG untouched
         self.epoch, self.batches, self._iter = 0, 0, None
 
     def _start(self) -> None:
