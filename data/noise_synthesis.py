@@ -50,6 +50,9 @@ def blur(img: np.ndarray, bilateral: Sequence[float] = (25, 75, 75), median: int
 
 def padded_size(size: int, pad: int = PAD) -> int:
     """``size + 2 pad`` rounded up to a multiple of ``pad``."""
+    if pad <= 0:
+        raise ValueError(f"config key NOISE.PAD={pad} must be positive (a multiple of 256 for "
+                         f"the U-Net-256 generator)")
     return int(math.ceil((size + 2 * pad) / pad) * pad)
 
 
