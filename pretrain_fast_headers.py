@@ -45,9 +45,10 @@ from models.factory import build_detector
 from models.hla_trainer import HLATrainer, trainer_state_dict
 from models.inference import autocast
 from models.ssl_tasks import build_ssl_loaders, build_tasks, check_moco_batch, next_ssl_batches
-from train import TASK_TAGS, StopRequest, init_weights, restore_loaders
+from train import TASK_TAGS, init_weights, restore_loaders
+from utils.runs import StopRequest, resolve_run
 from utils import dist
-from utils.checkpoint import (atomic_save, latest_checkpoint, load_file, prune_checkpoints,
+from utils.checkpoint import (atomic_save, load_file, prune_checkpoints,
                               rng_state, set_rng_state)
 from utils.logger import MetricLogger, setup_logging
 
@@ -79,20 +80,6 @@ def run_name(cfg) -> str:
     weights = pretrain_weights(cfg)
     tags = [f"{TASK_TAGS[k]}({weights[k]:f})" for k in TASK_TAGS if cfg.TRAIN[k]]
     return "_".join(["weights_fast_det", *tags])
-
-
-def resolve_config(args):
-    cfg = config_lib.load_config(args.config, args.opts)
-    resume = None
-    if args.resume:
-        run_dir = resolve_path(cfg.RUN.OUTPUT_DIR) / run_name(cfg)
-        resume = latest_checkpoint(run_dir) if args.resume == "auto" else Path(args.resume)
-        if resume is None:
-            logging.warning("--resume auto: no checkpoint in %s, starting a new run", run_dir)
-        else:
-            base = config_lib.merge_saved(load_file(resume, "checkpoint")["config"])
-            cfg = config_lib.load_config(args.config, args.opts, base=base)
-    return cfg, resume
 
 
 def build_trainer(cfg, resume) -> HLATrainer:
@@ -138,7 +125,7 @@ def load_checkpoint(path, trainer, optimizer, scheduler, scaler) -> tuple[int, i
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging()
-    cfg, resume = resolve_config(args)
+    cfg, resume, _ = resolve_run(args, run_name)
     device = dist.pick_device(cfg.RUN.DEVICE)
     dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
     try:

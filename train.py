@@ -26,7 +26,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -44,9 +43,10 @@ from models.inference import autocast
 from models.ssl_tasks import (SSL_TASKS, build_ssl_loaders, build_tasks, check_moco_batch,
                               next_ssl_batches)
 from utils import dist
-from utils.checkpoint import (atomic_save, detector_state_dict, latest_checkpoint, load_file,
+from utils.checkpoint import (atomic_save, detector_state_dict, load_file,
                               prune_checkpoints, rng_state, set_rng_state)
 from utils.logger import MetricLogger, setup_logging
+from utils.runs import StopRequest, resolve_run
 from utils.schedule import ReferenceSchedule
 
 log = logging.getLogger("train")
@@ -63,27 +63,6 @@ class Progress:
     epoch: int = 0
     epoch_step: int = 0     # batches of this rank consumed in the current epoch
     skipped: int = 0        # unreadable images met so far (this rank)
-
-
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:                       # a second Ctrl-C: give up immediately
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("received %s: finishing this step, then checkpointing and exiting",
-                    signal.Signals(signum).name)
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,22 +95,6 @@ def run_name(cfg) -> str:
         return cfg.RUN.NAME
     tags = [f"{TASK_TAGS[k]}({cfg.TRAIN_WEIGHT[k]:f})" for k in TASK_TAGS if cfg.TRAIN[k]]
     return "_".join(["vgg_det" if cfg.MODEL.NAME == "dsfd_vgg" else cfg.MODEL.NAME, *tags])
-
-
-def resolve_config(args):
-    """Config for this run; when resuming, the checkpoint's config is the base."""
-    cfg = config_lib.load_config(args.config, args.opts)
-    resume = None
-    if args.resume:
-        run_dir = resolve_path(cfg.RUN.OUTPUT_DIR) / run_name(cfg)
-        resume = latest_checkpoint(run_dir) if args.resume == "auto" else Path(args.resume)
-        if resume is None:
-            logging.warning("--resume auto: no checkpoint in %s, starting a new run", run_dir)
-        else:
-            saved = load_file(resume, "checkpoint given by --resume")
-            base = config_lib.merge_saved(saved["config"])
-            cfg = config_lib.load_config(args.config, args.opts, base=base)
-    return cfg, resume
 
 
 def check_tasks(cfg) -> None:
@@ -236,7 +199,7 @@ def main(argv=None) -> int:
     if args.multigpu and not dist.launched_by_torchrun():
         return relaunch_per_gpu(argv)
     setup_logging()
-    cfg, resume = resolve_config(args)
+    cfg, resume, _ = resolve_run(args, run_name)
     check_tasks(cfg)
     device = dist.pick_device(cfg.RUN.DEVICE)
     dist.init_distributed(device, cfg.RUN.DDP_BACKEND)

@@ -8,33 +8,19 @@ PNG writing are timed separately) and the estimated time for the 6,000 DARK FACE
 On a GPU the batch of ``--batch`` images goes through in one forward pass.
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import timed  # noqa: E402
 from data import enhance_baselines as baselines              # noqa: E402
 from data.image_folder import encode_image                   # noqa: E402
 from models.enhancement import EnhanceNet, enhance_uint8     # noqa: E402
 
 N_DARK_FACE = 6000
-
-
-def timed(fn, repeat, device):
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def report(name, seconds, images):

@@ -9,32 +9,18 @@ threshold, so NMS gets the full NMS_TOP_K = 5000 candidates) and ``typical`` (a 
 candidates, as with a trained detector).
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import timed  # noqa: E402
 from data.config import default_config                      # noqa: E402
 from layers.anchors import make_anchors, vgg_feature_sizes   # noqa: E402
 from layers.detect import postprocess                        # noqa: E402
 from models.dsfd_vgg import DSFD                             # noqa: E402
 from models.inference import FaceDetector                    # noqa: E402
-
-
-def timed(fn, repeat, device):
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None):

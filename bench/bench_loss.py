@@ -6,14 +6,13 @@ Faces have log-uniform sizes between 6 and 320 px (WIDER-like). Prints milliseco
 (median of ``--repeat``), for matching alone and for the whole loss.
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import timed  # noqa: E402
 from data.config import default_config                                     # noqa: E402
 from layers.anchors import make_anchors, vgg_feature_sizes                  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss, match_anchors, pad_targets   # noqa: E402
@@ -26,19 +25,6 @@ def random_faces(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     y1 = torch.rand(n, generator=gen) * (size - side)
     boxes = torch.stack([x1, y1, x1 + side, y1 + side * 1.2], 1).clamp(max=size) / size
     return torch.cat([boxes, torch.ones(n, 1)], 1)
-
-
-def timed(fn, repeat: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main(argv=None):
@@ -74,8 +60,8 @@ def main(argv=None):
     both_shots()   # warm-up
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} "
           f"size={args.size} faces/image={args.faces} anchors/shot={P}")
-    print(f"matching, both shots: {timed(matching_only, args.repeat, device):8.2f} ms")
-    print(f"loss, both shots:     {timed(both_shots, args.repeat, device):8.2f} ms")
+    print(f"matching, both shots: {timed(matching_only, args.repeat, device) * 1e3:8.2f} ms")
+    print(f"loss, both shots:     {timed(both_shots, args.repeat, device) * 1e3:8.2f} ms")
 
 
 if __name__ == "__main__":

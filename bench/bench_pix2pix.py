@@ -8,33 +8,19 @@ The reference schedule is 200 epochs over the 6,000 E(L)_blur / E(L) pairs at ba
 typical WIDER image (1024 x ~700 pads to 1280 x 1536).
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import timed  # noqa: E402
 from models.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,  # noqa: E402
                             set_test_mode)
 from tools.train_noise import pix2pix_step                   # noqa: E402
 
 REFERENCE_STEPS = 200 * 6000 // 8
 N_WIDER_TRAIN = 12880
-
-
-def timed(fn, repeat, device):
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None):

@@ -8,12 +8,7 @@ from torch.utils.data import DataLoader
 
 from data.samplers import ResumableSampler
 from data.widerface import WIDERDetection, detection_collate
-
-
-def resolve_path(path: str, root: str = ".") -> Path:
-    """A config path: absolute, or relative to the working directory."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(root) / p
+from utils.runs import resolve_path  # noqa: F401  (re-exported for the tools)
 
 
 def require_file(path: str, key: str) -> Path:

@@ -127,3 +127,14 @@ def test_config_errors_name_the_key(data, tmp_path):
         train.main(tiny_train_overrides(data, tmp_path, **{"TRAIN.JIGSAW_33": True}))
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.OPTIMIZER": "lbfgs"}))
+
+
+def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path):
+    assert train.main(tiny_train_overrides(data, tmp_path, **{"RUN.AMP": "bf16",
+                                                              "RUN.CHANNELS_LAST": True})) == 0
+    ckpt = load_file(tmp_path / "run" / "ckpt_2.pth")
+    weights = [v for k, v in ckpt["model"].items() if k.startswith("net.")]
+    assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)

@@ -39,11 +39,11 @@ from data import config as config_lib  # noqa: E402
 from data.image_folder import list_image_files  # noqa: E402
 from data.loaders import resolve_path  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
-from train import StopRequest  # noqa: E402  (SIGTERM / Ctrl-C -> checkpoint, then exit)
+from utils.runs import StopRequest, resolve_run  # noqa: E402
 from layers.enhance_losses import EnhanceLoss  # noqa: E402
 from models.enhancement import EnhanceNet, init_weights  # noqa: E402
 from utils import dist  # noqa: E402
-from utils.checkpoint import (atomic_save, latest_checkpoint, load_file,  # noqa: E402
+from utils.checkpoint import (atomic_save, load_file,  # noqa: E402
                               prune_checkpoints, rng_state, set_rng_state)
 from utils.logger import MetricLogger, setup_logging  # noqa: E402
 
@@ -76,21 +76,8 @@ def parse_args(argv=None, doc: str = __doc__) -> argparse.Namespace:
 
 
 def resolve_run_config(args, default_name: str):
-    """(config, checkpoint to resume or None, run folder); resuming starts from the saved
-    config, with the presets and overrides applied on top, as train.py does."""
-    cfg = config_lib.load_config(args.config, args.opts)
-    run_dir = resolve_path(cfg.RUN.OUTPUT_DIR) / (cfg.RUN.NAME or default_name)
-    resume = None
-    if args.resume:
-        resume = latest_checkpoint(run_dir) if args.resume == "auto" else Path(args.resume)
-        if resume is None:
-            logging.warning("--resume auto: no checkpoint in %s, starting a new run", run_dir)
-        else:
-            saved = load_file(resume, "checkpoint given by --resume")
-            cfg = config_lib.load_config(args.config, args.opts,
-                                         base=config_lib.merge_saved(saved["config"]))
-            run_dir = resolve_path(cfg.RUN.OUTPUT_DIR) / (cfg.RUN.NAME or default_name)
-    return cfg, resume, run_dir
+    """(config, checkpoint to resume or None, run folder), as train.py resolves them."""
+    return resolve_run(args, lambda cfg: cfg.RUN.NAME or default_name)
 
 
 def single_process_device(cfg) -> torch.device:
