@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import shutil
 import sys
 import time
@@ -44,6 +43,7 @@ from evaluation.common import PRCurve, plot_pr_curves  # noqa: E402
 from evaluation.darkface import evaluate_darkface, read_darkface_gt_file  # noqa: E402
 from tools import (blur_images, enhance_images, make_demo_data, make_pseudo_boxes,  # noqa: E402
                    synthesize_noise, train_enhancer, train_noise)
+from utils.logger import setup_logging  # noqa: E402
 from utils.visualize import draw_detections, grid  # noqa: E402
 
 SIZE = 256          # training images are resized to SIZE x SIZE
@@ -207,8 +207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()          # the same handler the trainers install: no line is logged twice
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
