@@ -83,6 +83,26 @@ class FEM(nn.Module):
                       inplace=True)
 
 
+def backbone_taps(vgg: nn.ModuleList, extras: nn.ModuleList, x: Tensor) -> list[Tensor]:
+    """Raw of1..of6: the VGG taps after conv3_3, conv4_3, conv5_3, fc7, then the two extras."""
+    taps = []
+    for k, layer in enumerate(vgg):
+        x = layer(x)
+        if k in (TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7):
+            taps.append(x)
+    for k, conv in enumerate(extras):
+        x = F.relu(conv(x), inplace=True)
+        if k % 2 == 1:
+            taps.append(x)
+    return taps
+
+
+def first_shot_sources(m: nn.Module, raw: list[Tensor]) -> list[Tensor]:
+    """L2Normof1..3 on of1..of3 (``m`` holds them: the detector or a MoCo key encoder)."""
+    of1, of2, of3, of4, of5, of6 = raw
+    return [m.L2Normof1(of1), m.L2Normof2(of2), m.L2Normof3(of3), of4, of5, of6]
+
+
 def _upsample_product(x: Tensor, lateral: Tensor) -> Tensor:
     """Bilinear resize of ``x`` to the lateral map's size (align_corners=False), times it."""
     return F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False) * lateral
@@ -127,20 +147,10 @@ class DSFD(nn.Module):
 
     def _backbone(self, x: Tensor) -> list[Tensor]:
         """Raw of1..of6 (before L2Norm)."""
-        taps = []
-        for k, layer in enumerate(self.vgg):
-            x = layer(x)
-            if k in (TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7):
-                taps.append(x)
-        for k, conv in enumerate(self.extras):
-            x = F.relu(conv(x), inplace=True)
-            if k % 2 == 1:
-                taps.append(x)
-        return taps
+        return backbone_taps(self.vgg, self.extras, x)
 
     def _pal1_sources(self, raw: list[Tensor]) -> list[Tensor]:
-        of1, of2, of3, of4, of5, of6 = raw
-        return [self.L2Normof1(of1), self.L2Normof2(of2), self.L2Normof3(of3), of4, of5, of6]
+        return first_shot_sources(self, raw)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The six first-shot sources (the maps the self-supervised heads read), without the

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.dsfd_vgg import TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7
+from models.dsfd_vgg import backbone_taps, first_shot_sources
 from models.heads import ContrastiveHead
 from utils import dist
 
@@ -42,17 +42,7 @@ class KeyEncoder(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        taps = []
-        for k, layer in enumerate(self.vgg):
-            x = layer(x)
-            if k in (TAP_CONV3_3, TAP_CONV4_3, TAP_CONV5_3, TAP_FC7):
-                taps.append(x)
-        for k, conv in enumerate(self.extras):
-            x = F.relu(conv(x), inplace=True)
-            if k % 2 == 1:
-                taps.append(x)
-        of1, of2, of3, of4, of5, of6 = taps
-        return [self.L2Normof1(of1), self.L2Normof2(of2), self.L2Normof3(of3), of4, of5, of6]
+        return first_shot_sources(self, backbone_taps(self.vgg, self.extras, x))
 
 
 class MoCo(nn.Module):
