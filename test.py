@@ -3,7 +3,7 @@
     python test.py --weights W --images DIR_OR_LIST --output DIR
                    [--mode multi|single] [--scale S] [--no-enhance] [--format darkface|wider]
 
-The reference's protocol (REFERENCE 10.1): each image is brightened by the illumination
+The reference's protocol (docs/EVALUATION.md): each image is brightened by the illumination
 enhancer E(L) (``--enhancer``, default ENHANCE.WEIGHTS; ``--no-enhance`` skips it) and quantised
 to uint8, then detected either with the multi-scale plan (``--mode multi``, the default: scale
 1, flipped 1, shrink, enlarge and pyramid passes with their size filters, box voting at IoU 0.3,
@@ -16,8 +16,11 @@ an image without detections gets an empty file). ``--format wider`` writes
 WIDER FACE layout; the event is the image's folder name). Images whose output exists are
 skipped unless ``--overwrite``, so an interrupted run resumes.
 
-``--weights`` takes our training checkpoints (their config decides the network width) and the
-reference's plain state dicts (``Face-Detector.pth``, ``dsfd_vgg_0.880.pth``, ``trainer_*.pth``).
+``--weights`` takes our training checkpoints (their config decides the network and its width),
+the reference's plain state dicts (``Face-Detector.pth``, ``dsfd_vgg_0.880.pth``,
+``trainer_*.pth``) and, with ``MODEL.NAME=yunet_n|yunet_s|retinaface_mnet|retinaface_r50``, the
+released YuNet and Pytorch_Retinaface files. ``--landmarks`` (single mode) appends the five
+landmarks of such detectors to every line.
 """
 from __future__ import annotations
 
@@ -28,115 +31,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import config as config_lib
+from data.predictions import ImageFiles, Outputs, as_is, list_images
 from models.enhancement import enhance_uint8, load_enhancer
-from models.factory import build_detector
-from models.inference import FaceDetector
+from models.inference import build_face_detector
 from models.test_time import Pass, TestTimeDetector, reference_passes
 from utils import dist
-from utils.checkpoint import detector_state_dict, load_file
 
 log = logging.getLogger("test")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(spec: str, root: str = ".") -> list[Path]:
-    """A folder (searched recursively) or a text file with one image path per line (the first
-    token, so WIDER-format list files work; relative paths are joined to ``root``)."""
-    path = Path(spec)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not path.is_file():
-        raise FileNotFoundError(f"--images {spec}: no such folder or list file")
-    images = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            p = Path(line.split()[0])
-            images.append(p if p.is_absolute() else Path(root) / p)
-    return images
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, decoded with PIL as the reference does."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
-class ImageFiles(Dataset):
-    """Decodes images in DataLoader workers; an unreadable file yields ``None`` and the error."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return self.paths[i], read_rgb(self.paths[i]), None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            return self.paths[i], None, str(exc)
-
-
-def _as_is(sample):
-    return sample
-
-
-def build_detector_from_weights(weights: str, cfg, device: torch.device) -> FaceDetector:
-    ckpt = load_file(weights, "--weights")
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-        cfg.MODEL = config_lib.merge_saved(ckpt["config"]).MODEL     # our checkpoint: its width
-    net = build_detector(cfg.MODEL, cfg.NUM_CLASSES)
-    net.load_state_dict(detector_state_dict(ckpt))
-    return FaceDetector(net, cfg.ANCHOR, cfg.DETECT, cfg.AUG.img_mean, device, cfg.RUN.AMP,
-                        cfg.RUN.CHANNELS_LAST)
-
-
-def format_detections(dets: np.ndarray) -> str:
-    """``x1 y1 x2 y2 score`` lines of float64 values, written as the reference writes them
-    (Python's shortest round-trip repr)."""
-    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in dets)
-
-
-def format_wider(name: str, dets: np.ndarray) -> str:
-    """The WIDER FACE prediction layout: name, count, ``x y w h score`` lines."""
-    xywh = dets.copy()
-    xywh[:, 2:4] -= xywh[:, 0:2]
-    return f"{name}\n{len(dets)}\n" + format_detections(xywh)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class Outputs:
-    """Where each image's result goes, in the chosen format."""
-
-    def __init__(self, folder: Path, fmt: str):
-        self.folder, self.fmt = folder, fmt
-
-    def path(self, image: Path) -> Path:
-        if self.fmt == "wider":
-            return self.folder / image.parent.name / f"{image.stem}.txt"
-        return self.folder / f"{image.stem}.txt"
-
-    def write(self, image: Path, dets: np.ndarray) -> None:
-        text = format_wider(image.stem, dets) if self.fmt == "wider" else format_detections(dets)
-        write_text_atomic(self.path(image), text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--weights", required=True, help="detector checkpoint")
-    p.add_argument("--images", required=True, help="image folder or list file")
+    p.add_argument("--images", required=True, help="image folder, list file or one image")
     p.add_argument("--output", required=True, help="folder for the result files")
     p.add_argument("--mode", choices=["multi", "single"], default="multi",
                    help="the reference's multi-scale protocol (default) or one scale")
@@ -146,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-enhance", action="store_true", help="detect on the images as they are")
     p.add_argument("--enhancer", default=None, help="E(L) weights (default: ENHANCE.WEIGHTS)")
     p.add_argument("--format", choices=["darkface", "wider"], default="darkface")
+    p.add_argument("--landmarks", action="store_true",
+                   help="detectors with landmarks (YuNet, RetinaFace): append the 5 points "
+                        "(x y pairs, pixels) to each line; single mode only (box voting does "
+                        "not vote landmarks)")
     p.add_argument("--overwrite", action="store_true", help="redo images that have a result")
     p.add_argument("--no-dummy", action="store_true",
                    help="multi mode: drop the reference's [0 0 0 0 0.001] row of a pass that "
@@ -166,7 +81,11 @@ def main(argv=None) -> int:
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
     device = dist.pick_device(cfg.RUN.DEVICE)
-    detector = build_detector_from_weights(args.weights, cfg, device)
+    detector = build_face_detector(cfg, args.weights, device)
+    if args.landmarks and (detector.num_landmarks == 0 or args.mode != "single"):
+        raise ValueError(f"--landmarks needs --mode single and a detector with landmarks "
+                         f"(MODEL.NAME={cfg.MODEL.NAME} has {detector.num_landmarks}; mode "
+                         f"{args.mode})")
     enhancer = None
     if not args.no_enhance:
         enhancer = load_enhancer(args.enhancer or cfg.ENHANCE.WEIGHTS, device,
@@ -174,7 +93,8 @@ def main(argv=None) -> int:
                                  "ENHANCE.WEIGHTS (or give --no-enhance)")
     tester = TestTimeDetector(detector, vote=args.mode == "multi",
                               dummy_rows=args.mode == "multi" and not args.no_dummy,
-                              iou_thresh=0.3, top_k=cfg.DETECT.TOP_K)
+                              iou_thresh=0.3, top_k=cfg.DETECT.TOP_K,
+                              landmarks=args.landmarks)
     outputs = Outputs(Path(args.output), args.format)
     paths = list_images(args.images, args.root or cfg.FACE.DATA_ROOT)
     todo = paths if args.overwrite else [p for p in paths if not outputs.path(p).is_file()]
@@ -191,7 +111,7 @@ def main(argv=None) -> int:
 
 def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs, args) -> int:
     """Detect and write, batching consecutive images of the same size; returns the failures."""
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=_as_is,
+    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=as_is,
                         num_workers=args.workers if len(paths) > 1 else 0)
     pending: list = []
     failed = 0

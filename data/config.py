@@ -197,6 +197,32 @@ def default_config() -> EasyDict:
     C.NOISE.NGF = 64                    # generator width (pix2pix default); small for demos
     C.NOISE.NDF = 64                    # discriminator width
 
+    # ---- YuNet (libfacedetection.train's yunet_n / yunet_s configs); MODEL.NAME=yunet_n|yunet_s ----
+    # Only read when MODEL.NAME selects a YuNet; configs/models/yunet_*.yaml set the shared keys
+    # (DETECT.*, AUG.img_mean, SOLVER.*) to that code's values.
+    C.YUNET = EasyDict()
+    C.YUNET.STRIDES = [8, 16, 32]
+    C.YUNET.CENTER_RADIUS = 2.5         # SimOTA assigner
+    C.YUNET.W_CLS = 1.0
+    C.YUNET.W_OBJ = 1.0
+    C.YUNET.W_BBOX = 5.0                # EIoU
+    C.YUNET.W_KPS = 0.1                 # smooth L1 on the landmarks
+    C.YUNET.KPS_BETA = 0.1111111111111111
+    C.YUNET.CROP_CHOICE = [0.5, 0.7, 0.9, 1.1, 1.3, 1.5]   # RandomSquareCrop (yunet_s: 0.3..1.0)
+    C.YUNET.INPUT_SIZE = 640            # training resize (square)
+
+    # ---- RetinaFace (biubug6/Pytorch_Retinaface cfg_mnet / cfg_re50); MODEL.NAME=retinaface_* ----
+    C.RETINAFACE = EasyDict()
+    C.RETINAFACE.MIN_SIZES = [[16, 32], [64, 128], [256, 512]]
+    C.RETINAFACE.STEPS = [8, 16, 32]
+    C.RETINAFACE.VARIANCE = [0.1, 0.2]
+    C.RETINAFACE.CLIP = False
+    C.RETINAFACE.LOC_WEIGHT = 2.0
+    C.RETINAFACE.OVERLAP_THRESH = 0.35
+    C.RETINAFACE.NEG_POS = 7
+    C.RETINAFACE.IMAGE_SIZE = 640       # training crop size (840 for ResNet-50)
+    C.RETINAFACE.KEEP_TOP_K = 750
+
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
     C.RUN.DEVICE = "auto"               # auto | cpu | cuda | cuda:N
@@ -327,14 +353,45 @@ def apply_preset(cfg: EasyDict, path: str | Path) -> EasyDict:
     return cfg
 
 
+# configs/models/<MODEL.NAME>.yaml: the detector's own defaults (priors, thresholds, input
+# normalisation, schedule), applied under the user's presets and overrides
+MODEL_PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
+
+
+def model_preset(name: str) -> Path | None:
+    path = MODEL_PRESET_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
 def load_config(presets: Iterable[str | Path] = (), overrides: Iterable[str] = (),
                 base: EasyDict | None = None) -> EasyDict:
-    """Defaults (or ``base``), then each preset file, then the overrides."""
-    cfg = copy.deepcopy(base) if base is not None else default_config()
-    for preset in presets or ():
-        apply_preset(cfg, preset)
-    apply_overrides(cfg, overrides or ())
-    return cfg
+    """Defaults (or ``base``), then each preset file, then the overrides.
+
+    Without ``base``, the preset of the selected detector (``configs/models/<MODEL.NAME>.yaml``)
+    is applied first when MODEL.NAME names one, so that ``MODEL.NAME=yunet_n`` alone gives
+    YuNet's thresholds, normalisation and schedule; the user's presets and overrides still win.
+    A checkpoint's config (``base``) already holds its detector's values.
+    """
+    presets, overrides = list(presets or ()), list(overrides or ())
+
+    def build(start: EasyDict) -> EasyDict:
+        cfg = copy.deepcopy(start)
+        for preset in presets:
+            apply_preset(cfg, preset)
+        apply_overrides(cfg, overrides)
+        return cfg
+
+    if base is not None:
+        return build(base)
+    cfg = build(default_config())
+    preset = model_preset(cfg.MODEL.NAME)
+    if preset is None:
+        return cfg
+    start = apply_preset(default_config(), preset)
+    if start.MODEL.NAME != cfg.MODEL.NAME:
+        raise ConfigError(f"model preset {preset} sets MODEL.NAME={start.MODEL.NAME!r}, not "
+                          f"{cfg.MODEL.NAME!r}")
+    return build(start)
 
 
 def merge_saved(saved: Mapping) -> EasyDict:

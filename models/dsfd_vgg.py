@@ -7,6 +7,7 @@ Attribute names and ModuleList indices are the reference's (``vgg.31`` is the di
 """
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -108,7 +109,30 @@ def _upsample_product(x: Tensor, lateral: Tensor) -> Tensor:
     return F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False) * lateral
 
 
+# the detector parts the MoCo key encoder copies: everything the six first-shot sources need
+KEY_ENCODER_PARTS = ("vgg", "L2Normof1", "L2Normof2", "L2Normof3", "extras")
+
+
+class KeyEncoder(nn.Module):
+    """A frozen copy of the detector's VGG, L2Normof1-3 and extras; ``forward`` returns the same
+    six sources as ``DSFD.features`` (its keys are the reference's ``encoder_k.*``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        for name in KEY_ENCODER_PARTS:
+            setattr(self, name, copy.deepcopy(getattr(net, name)))
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return first_shot_sources(self, backbone_taps(self.vgg, self.extras, x))
+
+
 class DSFD(nn.Module):
+    """DSFD-VGG16; implements the detector interface of ``models/detector.py``: the heads read
+    the six first-shot sources, and there is no BatchNorm (samples never interact)."""
+
+    has_batchnorm = False
+
     def __init__(self, num_classes: int = 2, width: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
@@ -151,6 +175,13 @@ class DSFD(nn.Module):
 
     def _pal1_sources(self, raw: list[Tensor]) -> list[Tensor]:
         return first_shot_sources(self, raw)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return list(self.source_channels)
+
+    def make_key_encoder(self) -> nn.Module:
+        return KeyEncoder(self)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The six first-shot sources (the maps the self-supervised heads read), without the

@@ -7,8 +7,10 @@ strictly, and ``utils.checkpoint.detector_state_dict`` finds the detector under 
 
 ``forward(images, ssl_batches)`` runs the detection forward and every task's loss, so that one
 DDP wrapper around the container synchronises all gradients. The detector reads the task images
-in feature mode (only the six maps the heads read), one pass per input size: same-size batches
-of different tasks are concatenated (DSFD-VGG has no BatchNorm, so samples do not interact).
+in feature mode (only the maps the heads read). For a detector without BatchNorm (DSFD-VGG)
+same-size batches of different tasks are concatenated into one pass, since samples do not
+interact; with BatchNorm every task batch gets its own pass, so that one task's statistics never
+normalise another's (the batches stay what each task's loader made them).
 """
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ class HLATrainer(nn.Module):
         return losses
 
     def features(self, images: list[Tensor]) -> list[list[Tensor]]:
-        """``net.features`` of each batch (six maps each), one forward per input size."""
+        """``net.features`` of each batch; without BatchNorm one forward per input size."""
+        if getattr(self.net, "has_batchnorm", False):
+            return [list(self.net.features(x)) for x in images]
         groups: dict[tuple, list[int]] = {}
         for i, x in enumerate(images):
             groups.setdefault(tuple(x.shape[1:]), []).append(i)
@@ -61,7 +65,7 @@ class HLATrainer(nn.Module):
             batch = torch.cat([images[i] for i in members]) if len(members) > 1 \
                 else images[members[0]]
             sizes = [images[i].shape[0] for i in members]
-            levels = [f.split(sizes) for f in self.net.features(batch)]   # 6 x [n_i, C, H, W]
+            levels = [f.split(sizes) for f in self.net.features(batch)]   # L x [n_i, C, H, W]
             for j, i in enumerate(members):
                 out[i] = [level[j] for level in levels]
         return out

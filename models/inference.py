@@ -1,18 +1,21 @@
-"""Batched face detection with a trained detector: normalise, forward, decode, NMS.
+"""Batched face detection with a trained detector of any registry entry: normalise, forward,
+decode, NMS.
 
-Used by test.py, the benchmarks, the demo and the export check.
+Used by test.py, the tools, the benchmarks, the demo and the export check.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from layers.anchors import AnchorGenerator
-from layers.detect import postprocess
+from models.detector import InputSpec
+from models.factory import build_net, get_entry
+from utils.checkpoint import detector_state_dict, load_file
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,26 +29,72 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-class FaceDetector:
-    """Wraps a detector for inference on RGB uint8 images of one size per call."""
+def weights_state_dict(obj: Mapping[str, Any]) -> dict:
+    """The detector state dict in any supported checkpoint: ours (``model``), the reference's
+    plain and trainer dicts, DSFD.pytorch's ``{"weight"}``, mmdetection's ``{"meta",
+    "state_dict", "optimizer"}`` (the released YuNet files) and DataParallel saves
+    (``module.``, e.g. Pytorch_Retinaface's)."""
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    return detector_state_dict(obj)
 
-    def __init__(self, net: nn.Module, anchor_cfg, detect_cfg, img_mean: Sequence[float],
-                 device: torch.device, amp: str = "none", channels_last: bool = False):
+
+def load_net(cfg, weights: str | Path, key: str = "--weights") -> tuple[nn.Module, dict]:
+    """Build ``cfg.MODEL.NAME`` and load ``weights`` strictly. A checkpoint of ours carries its
+    config: its MODEL section (name, width) replaces ``cfg.MODEL``. Returns the network and the
+    loaded file."""
+    ckpt = load_file(weights, key)
+    saved = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+    if isinstance(saved, Mapping) and isinstance(saved.get("MODEL"), Mapping):
+        for key, value in saved["MODEL"].items():     # our checkpoint: its model and width
+            if key in cfg.MODEL and type(value) is type(cfg.MODEL[key]):
+                cfg.MODEL[key] = value
+    net = build_net(cfg)
+    try:
+        net.load_state_dict(weights_state_dict(ckpt))
+    except RuntimeError as exc:
+        raise RuntimeError(f"{weights} ({key}) does not fit MODEL.NAME={cfg.MODEL.NAME} "
+                           f"(MODEL.WIDTH={cfg.MODEL.WIDTH}): {exc}") from None
+    return net, ckpt
+
+
+def build_face_detector(cfg, weights: str | Path, device: torch.device,
+                        key: str = "--weights") -> "FaceDetector":
+    """A ready :class:`FaceDetector` for ``cfg.MODEL.NAME`` with ``weights``."""
+    net, _ = load_net(cfg, weights, key)
+    return FaceDetector.from_config(net, cfg, device)
+
+
+class FaceDetector:
+    """Wraps a detector for inference on RGB uint8 images of one size per call.
+
+    ``input_spec`` turns pixels into the network's input (and pads to its size divisor);
+    ``postprocess(out, input_size)`` decodes and runs NMS. Detections are ``[k, 5 + 2L]``
+    (``x1, y1, x2, y2, score`` and ``L`` landmarks) normalised by the *image* size (padding
+    removed), on the CPU.
+    """
+
+    def __init__(self, net: nn.Module, input_spec: InputSpec, postprocess: Callable,
+                 device: torch.device, amp: str = "none", channels_last: bool = False,
+                 num_landmarks: int = 0):
         self.net = net.eval().to(device)
         self.device, self.amp = device, amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self.anchors = AnchorGenerator(anchor_cfg.STEPS, anchor_cfg.ANCHOR_SIZES2)
-        self.variances = tuple(anchor_cfg.VARIANCE)
-        self.detect_cfg = detect_cfg
-        b, g, r = img_mean                                  # the config holds the BGR mean
-        self.mean = torch.tensor([r, g, b], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.input_spec = input_spec
+        self._postprocess = postprocess
+        self.num_landmarks = num_landmarks
+
+    @classmethod
+    def from_config(cls, net: nn.Module, cfg, device: torch.device) -> "FaceDetector":
+        entry = get_entry(cfg.MODEL.NAME)
+        return cls(net, entry.input_spec(cfg), entry.postprocess(cfg), device, cfg.RUN.AMP,
+                   cfg.RUN.CHANNELS_LAST, entry.num_landmarks)
 
     def to_input(self, images: np.ndarray | Tensor) -> Tensor:
-        """[N, H, W, 3] uint8 RGB -> [N, 3, H, W] float32 minus the mean (REFERENCE 3.1)."""
+        """[N, H, W, 3] uint8 RGB -> the network's [N, 3, H', W'] float32 input."""
         x = torch.as_tensor(images).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float() - self.mean
-        return x.contiguous(memory_format=self.memory_format)
+        return self.input_spec.to_input(x, self.memory_format)
 
     @torch.no_grad()
     def forward(self, x: Tensor):
@@ -54,13 +103,17 @@ class FaceDetector:
 
     @torch.no_grad()
     def postprocess(self, out, image_size) -> list[Tensor]:
-        d = self.detect_cfg
-        priors = self.anchors(image_size, out.feature_sizes, self.device)
-        return postprocess(out.loc_pal2, out.conf_pal2, priors, self.variances,
-                           d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K)
+        return self._postprocess(out, image_size)
 
     def __call__(self, images: np.ndarray | Tensor) -> list[Tensor]:
-        """Normalised (x1, y1, x2, y2, score) detections per image, on the CPU."""
+        """Normalised detections per image, on the CPU (see the class doc)."""
+        h, w = images.shape[1:3]
         x = self.to_input(images)
-        dets = self.postprocess(self.forward(x), tuple(x.shape[-2:]))
+        ih, iw = x.shape[-2:]
+        dets = self.postprocess(self.forward(x), (ih, iw))
+        if (ih, iw) != (h, w):                # padded input: normalise by the image instead
+            scale = torch.tensor([iw / w, ih / h], device=x.device).repeat(
+                2 + self.num_landmarks)
+            dets = [torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
+                    for d in dets]
         return [d.cpu() for d in dets]

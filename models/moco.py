@@ -1,19 +1,32 @@
-"""MoCo on the detector's six source maps (REFERENCE 5.5), one InfoNCE term per level.
+"""MoCo on the detector's feature maps (one InfoNCE term per level), for any detector of the
+interface in ``models/detector.py``.
 
 ``encoder_q`` is the detector itself (shared with detection and the other heads): it is held by
-reference, not as a sub-module, so this module's state_dict has exactly the reference's keys::
+reference, not as a sub-module, so this module's state_dict has exactly the reference's keys
+for DSFD::
 
     queue [L, dim, K]  queue_ptr [L] (int64)  encoder_k.{vgg,L2Normof1..3,extras}.*
     head_q.MLPs.{0..5}.*  head_k.MLPs.{0..5}.*
 
-``encoder_k`` (VGG, L2Norms and extras, the only parts the sources need) and ``head_k`` follow
-``encoder_q`` and ``head_q`` by momentum ``m``; their parameters never get a gradient.
+``encoder_k`` (``encoder_q.make_key_encoder()``: the parts the feature maps need) and
+``head_k`` follow ``encoder_q`` and ``head_q`` by momentum ``m``; their parameters never get a
+gradient.
 
 Distributed: the keys of every rank are gathered before the enqueue, so all ranks write the
 same keys at the same pointer and hold identical queues (DDP must then leave the buffers alone:
-``broadcast_buffers=False``). MoCo's batch shuffle is not needed: it exists to stop BatchNorm
-statistics from leaking which keys are positives, and DSFD-VGG has no BatchNorm (REFERENCE 5.6).
-Without a process group the gather is the identity, on the CPU or a GPU.
+``broadcast_buffers=False``).
+
+BatchNorm. MoCo's batch shuffle exists because BatchNorm statistics computed over a batch let a
+query find its positive key through the batch itself. DSFD-VGG has no BatchNorm, so nothing is
+done for it (the reference does nothing either). For detectors with BatchNorm (YuNet,
+RetinaFace):
+
+* under DDP the key images are shuffled across the ranks before the key encoder and the keys
+  unshuffled after (MoCo's shuffling BN), with one permutation drawn on rank 0;
+* in one process there is no other rank to shuffle with, so the key encoder runs with its
+  BatchNorm in eval mode: its running statistics (which follow the query encoder's by the same
+  momentum as the weights) normalise every key on its own, so no statistic is shared between a
+  query batch and its keys.
 """
 from __future__ import annotations
 
@@ -23,35 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.dsfd_vgg import backbone_taps, first_shot_sources
 from models.heads import ContrastiveHead
 from utils import dist
-
-# the detector parts the key encoder copies: everything the six first-shot sources need
-KEY_ENCODER_PARTS = ("vgg", "L2Normof1", "L2Normof2", "L2Normof3", "extras")
-
-
-class KeyEncoder(nn.Module):
-    """A frozen copy of the detector's VGG, L2Normof1-3 and extras; ``forward`` returns the same
-    six sources as ``DSFD.features``."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        for name in KEY_ENCODER_PARTS:
-            setattr(self, name, copy.deepcopy(getattr(net, name)))
-        self.requires_grad_(False)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return first_shot_sources(self, backbone_taps(self.vgg, self.extras, x))
 
 
 class MoCo(nn.Module):
     """Momentum contrast with one queue per feature level.
 
     Args:
-        encoder_q: the detector (``features(x)`` gives the six sources). The key encoder starts
-            as a copy of its current weights, so build this after loading the detector.
-        channels: channels of the six sources.
+        encoder_q: the detector (``features(x)`` gives the maps, ``make_key_encoder()`` the key
+            encoder). The key encoder starts as a copy of its current weights, so build this
+            after loading the detector.
+        channels: channels of the feature maps.
         dim: embedding size (128). K: queue length (2048). m: momentum (0.99). T: temperature.
     """
 
@@ -60,7 +56,8 @@ class MoCo(nn.Module):
         super().__init__()
         self.K, self.m, self.T, self.dim = K, m, T, dim
         object.__setattr__(self, "encoder_q", encoder_q)    # by reference: see the module doc
-        self.encoder_k = KeyEncoder(encoder_q)
+        self.encoder_k = encoder_q.make_key_encoder()
+        self.batchnorm = bool(getattr(encoder_q, "has_batchnorm", False))
         self.head_q = ContrastiveHead(channels, dim)
         self.head_k = copy.deepcopy(self.head_q).requires_grad_(False)
         levels = len(channels)
@@ -84,11 +81,35 @@ class MoCo(nn.Module):
         """theta_k <- m theta_k + (1 - m) theta_q, i.e. theta_k += (1 - m)(theta_q - theta_k)."""
         keys, queries = self._key_pairs()
         torch._foreach_lerp_(keys, [q.detach() for q in queries], 1.0 - self.m)
+        if self.batchnorm and not dist.is_distributed():
+            self._momentum_update_bn_statistics()
+
+    @torch.no_grad()
+    def _momentum_update_bn_statistics(self) -> None:
+        """BatchNorm running means/variances of the eval-mode key encoder follow the query
+        encoder's by momentum ``m`` (the one-process BN path; see the module doc)."""
+        query = dict(self.encoder_q.named_buffers())
+        for name, b in self.encoder_k.named_buffers():
+            if b.is_floating_point() and name in query:
+                b.lerp_(query[name].to(b.dtype), 1.0 - self.m)
 
     @torch.no_grad()
     def keys(self, im_k: Tensor) -> Tensor:
         """Normalised keys of ``im_k`` at every level: ``[N, L, dim]`` float32."""
-        feats = self.encoder_k(im_k)
+        if self.batchnorm and dist.is_distributed():
+            im_k, unshuffle = _batch_shuffle_ddp(im_k)
+            feats = self.encoder_k(im_k)
+            keys = torch.stack([F.normalize(k.float(), dim=1) for k in self.head_k(feats)], 1)
+            return _batch_unshuffle_ddp(keys, unshuffle)
+        if self.batchnorm:
+            was_training = self.encoder_k.training
+            self.encoder_k.eval()
+            try:
+                feats = self.encoder_k(im_k)
+            finally:
+                self.encoder_k.train(was_training)
+        else:
+            feats = self.encoder_k(im_k)
         return torch.stack([F.normalize(k.float(), dim=1) for k in self.head_k(feats)], 1)
 
     @torch.no_grad()
@@ -130,3 +151,25 @@ class MoCo(nn.Module):
 
     def forward(self, im_q: Tensor, im_k: Tensor) -> Tensor:
         return self.contrastive_loss(self.encoder_q.features(im_q), im_k)
+
+
+@torch.no_grad()
+def _batch_shuffle_ddp(x: Tensor) -> tuple[Tensor, Tensor]:
+    """MoCo's shuffling BN: gather the key images of all ranks, permute them with one
+    permutation drawn on rank 0, and give each rank its slice. Returns the slice and the
+    indices that undo the permutation. Every rank must hold the same batch size."""
+    n = x.shape[0]
+    x_all = dist.all_gather_cat(x.contiguous())                          # [G*n, ...]
+    perm = dist.broadcast(torch.randperm(x_all.shape[0], device=x.device))
+    unshuffle = torch.argsort(perm)
+    r = dist.rank()
+    return x_all[perm[r * n:(r + 1) * n]], unshuffle
+
+
+@torch.no_grad()
+def _batch_unshuffle_ddp(keys: Tensor, unshuffle: Tensor) -> Tensor:
+    """The inverse of :func:`_batch_shuffle_ddp` for the keys: this rank's original order."""
+    n = keys.shape[0]
+    keys_all = dist.all_gather_cat(keys.contiguous())
+    r = dist.rank()
+    return keys_all[unshuffle[r * n:(r + 1) * n]]

@@ -130,7 +130,7 @@ class JigsawTask(SSLTask):
         self.num_classes = len(PERMUTATIONS[self.kind])
 
     def build_module(self, net):
-        return ClassificationHead(net.source_channels, self.num_classes)
+        return ClassificationHead(net.feature_channels, self.num_classes)
 
     def build_datasets(self, sources):
         return {name: JigsawDataset(records, self.cfg.AUG, self.kind, self.cfg.SSL.JIGSAW_KEEP_FACE,
@@ -165,7 +165,7 @@ class ContrastiveTask(SSLTask):
 
     def build_module(self, net):
         s = self.cfg.SSL
-        return MoCo(net, net.source_channels, dim=s.MOCO_DIM, K=s.MOCO_K, m=s.MOCO_M, T=s.MOCO_T)
+        return MoCo(net, net.feature_channels, dim=s.MOCO_DIM, K=s.MOCO_K, m=s.MOCO_M, T=s.MOCO_T)
 
     def _records(self, sources, stream):
         return sources.source() if stream.endswith("src") else sources.target()

@@ -81,6 +81,22 @@ def resize(rgb: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
 
+# the 5-point landmark order of YuNet and RetinaFace: the eyes, the nose, the mouth corners;
+# a horizontal flip swaps the two eyes and the two mouth corners
+FLIP_LANDMARKS = [1, 0, 2, 4, 3]
+
+
+def flip_detections(d: np.ndarray, width: int) -> np.ndarray:
+    """Pixel detections of a horizontally flipped image, mapped back to the original."""
+    d = d.copy()
+    d[:, [0, 2]] = width - d[:, [2, 0]]
+    if d.shape[1] > 5:
+        pts = d[:, 5:].reshape(len(d), -1, 2)[:, FLIP_LANDMARKS]
+        pts[..., 0] = width - pts[..., 0]
+        d[:, 5:] = pts.reshape(len(d), -1)
+    return d
+
+
 class TestTimeDetector:
     """Runs a plan of passes with a :class:`models.inference.FaceDetector`.
 
@@ -90,29 +106,35 @@ class TestTimeDetector:
     """
 
     def __init__(self, detector, vote: bool, dummy_rows: bool, iou_thresh: float = 0.3,
-                 top_k: int = 750, max_batch_pixels: int = 16_000_000):
+                 top_k: int = 750, max_batch_pixels: int = 16_000_000, landmarks: bool = False):
         self.detector = detector
         self.vote, self.dummy_rows = vote, dummy_rows
+        if landmarks and vote:
+            raise ValueError("box voting does not vote landmarks: use one scale without voting")
+        # columns kept per detection: the box and score, then the landmarks when asked for
+        self.columns = 5 + (2 * getattr(detector, "num_landmarks", 0) if landmarks else 0)
         self.iou_thresh, self.top_k = iou_thresh, top_k
         self.max_batch_pixels = max_batch_pixels
 
     def run_pass(self, images: Sequence[np.ndarray], p: Pass) -> list[np.ndarray]:
-        """Pixel detections (float64 [n, 5]) of one pass for same-sized images."""
+        """Pixel detections (float64 [n, 5], or [n, 15] with landmarks) of one pass for
+        same-sized images."""
         h, w = images[0].shape[:2]
         if min(round(h * p.scale), round(w * p.scale)) < MIN_INPUT_SIDE:
             empty = DUMMY_ROW.copy() if self.dummy_rows else np.zeros((0, 5))
             return [size_filter(empty, p.keep) for _ in images]
+        to_pixels = np.array([w, h, w, h, 1.0] + [w, h] * ((self.columns - 5) // 2))
         batch = [resize(np.ascontiguousarray(img[:, ::-1]) if p.flip else img, p.scale)
                  for img in images]
         per_batch = max(1, self.max_batch_pixels // (batch[0].shape[0] * batch[0].shape[1]))
         results = []
         for start in range(0, len(batch), per_batch):
             for dets in self.detector(np.stack(batch[start:start + per_batch])):
-                d = dets.numpy().astype(np.float64) * np.array([w, h, w, h, 1.0])
+                d = dets[:, :self.columns].numpy().astype(np.float64) * to_pixels
                 if len(d) == 0 and self.dummy_rows:
                     d = DUMMY_ROW.copy()
                 if p.flip:
-                    d[:, [0, 2]] = w - d[:, [2, 0]]
+                    d = flip_detections(d, w)
                 results.append(size_filter(d, p.keep))
         return results
 

@@ -27,9 +27,9 @@ def test_onnx_export_matches_pytorch_at_two_sizes(tmp_path, capsys):
     assert "240x320" in out and "180x213" in out and "matches" in out
     # the graph really is size-dynamic and agrees with PyTorch on a third size
     from data.config import default_config
-    import test as test_script
+    from models.inference import build_face_detector
     cfg = default_config()
-    det = test_script.build_detector_from_weights(str(weights), cfg, torch.device("cpu"))
+    det = build_face_detector(cfg, str(weights), torch.device("cpu"))
     onnx_det = export_onnx.OnnxFaceDetector(tmp_path / "d.onnx", cfg)
     rgb = np.random.default_rng(1).integers(0, 256, (97, 131, 3), dtype=np.uint8)
     r = export_onnx.compare(det, onnx_det, rgb)

@@ -11,7 +11,7 @@ from data.config import default_config
 from data.widerface import parse_list_file
 from models.dsfd_vgg import DSFD
 from models import test_time
-from test import build_detector_from_weights
+from models.inference import build_face_detector
 from tools import make_pseudo_boxes as mpb
 from utils.checkpoint import atomic_save
 
@@ -77,8 +77,8 @@ def test_end_to_end_matches_the_detector(setup, caplog):
     assert all(LINE.match(line) for line in lines)
     assert "4.png" in caplog.text
 
-    tester = test_time.TestTimeDetector(build_detector_from_weights(str(root / "det.pth"),
-                                                          default_config(), torch.device("cpu")),
+    tester = test_time.TestTimeDetector(build_face_detector(default_config(), str(root / "det.pth"),
+                                                            torch.device("cpu")),
                                         vote=False, dummy_rows=False)
     rgb = np.array(Image.open(folder / "2.png"))
     dets = tester([rgb], [test_time.Pass(1.0)])[0]

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import test as test_script
+from data.image_folder import read_rgb
+from models.inference import build_face_detector
 from data.config import default_config
 from models.dsfd_vgg import DSFD
 from models.enhancement import EnhanceNet, enhance_uint8
@@ -43,8 +45,7 @@ def read(path):
 
 
 def detector(weights):
-    return test_script.build_detector_from_weights(str(weights / "ours.pth"), default_config(),
-                                                   torch.device("cpu"))
+    return build_face_detector(default_config(), str(weights / "ours.pth"), torch.device("cpu"))
 
 
 def run(weights, images, out, *extra):
@@ -56,7 +57,7 @@ def test_single_scale_files_are_the_detector_output_in_pixels(images, weights, t
     assert run(weights, images / "images", tmp_path, "--mode", "single", "--no-enhance") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000.txt", "001.txt", "002.txt"]
     dets = read(tmp_path / "000.txt")
-    rgb = test_script.read_rgb(images / "images" / "000.jpg")
+    rgb = read_rgb(images / "images" / "000.jpg")
     expected = detector(weights)(rgb[None])[0].numpy().astype(np.float64) \
         * np.array([100, 72, 100, 72, 1])
     assert len(dets) > 0 and np.array_equal(dets, expected)      # the text round-trips exactly
@@ -66,7 +67,7 @@ def test_single_scale_files_are_the_detector_output_in_pixels(images, weights, t
 def test_single_scale_resizes_like_the_reference(images, weights, tmp_path):
     assert run(weights, images / "images", tmp_path, "--mode", "single", "--scale", "2",
                "--no-enhance") == 0
-    rgb = test_script.read_rgb(images / "images" / "001.jpg")
+    rgb = read_rgb(images / "images" / "001.jpg")
     big = cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
     expected = detector(weights)(big[None])[0].numpy().astype(np.float64) \
         * np.array([100, 72, 100, 72, 1])
@@ -86,7 +87,7 @@ def test_multi_scale_equals_a_port_of_the_reference(weights, tmp_path):
         return d if len(d) else np.array([[0, 0, 0, 0, 0.001]])
 
     for name in ("000", "001"):
-        rgb = test_script.read_rgb(images / "images" / f"{name}.jpg")
+        rgb = read_rgb(images / "images" / f"{name}.jpg")
         expected = multi_scale_detect(detect_face, rgb)
         ours = read(tmp_path / f"{name}.txt")
         assert ours.shape == expected.shape and len(ours) > 0
@@ -112,7 +113,7 @@ def test_enhancement_runs_before_detection(images, weights, tmp_path):
                str(weights / "enhancer.pth")) == 0
     net = EnhanceNet()
     net.load_state_dict(torch.load(weights / "enhancer.pth"))
-    rgb = test_script.read_rgb(images / "images" / "002.jpg")
+    rgb = read_rgb(images / "images" / "002.jpg")
     bright = enhance_uint8(net.eval(), rgb)
     expected = detector(weights)(bright[None])[0].numpy().astype(np.float64) \
         * np.array([100, 72, 100, 72, 1])

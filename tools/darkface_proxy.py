@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import test as test_script  # noqa: E402
 from data import config as config_lib  # noqa: E402
+from data.image_folder import read_rgb  # noqa: E402
 from data.darkface import held_out_ids  # noqa: E402
 from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv  # noqa: E402
 from evaluation.darkface import evaluate_darkface  # noqa: E402
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
     test_args += ["--no-dummy"] if args.no_dummy else []
     for preset in args.config:
         test_args += ["--config", preset]
-    test_script.main(test_args + list(args.opts))
+    # test.py is an entry point: it runs as its own process, as a user would run it
+    subprocess.run([sys.executable, str(ROOT / "test.py"), *test_args, *args.opts], check=True)
     result = evaluate_darkface(label_dir, args.out / "pred", ids=ids)
     seconds = time.time() - start
     ap = result["ap"]
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     plot_pr_curves(args.out / "pr_curve.png", [(
         "DARK FACE held-out split", [PRCurve("ours", result["precision"], result["recall"])],
         official)])
-    image_size = test_script.read_rgb(images[0]).shape[:2]
+    image_size = read_rgb(images[0]).shape[:2]
     write_report(args.out / "report.md", args, cfg, ids, ap, seconds, image_size)
     print(f"DARK FACE held-out AP (IoU 0.5): {ap:.4f} on {len(ids)} images; report in "
           f"{args.out / 'report.md'}")

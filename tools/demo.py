@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-import test as test_script  # noqa: E402
-import train  # noqa: E402
+from data.image_folder import read_rgb  # noqa: E402
 from evaluation.common import PRCurve, plot_pr_curves  # noqa: E402
 from evaluation.darkface import evaluate_darkface, read_darkface_gt_file  # noqa: E402
 from tools import (blur_images, enhance_images, make_demo_data, make_pseudo_boxes,  # noqa: E402
@@ -48,6 +48,12 @@ from utils.visualize import draw_detections, grid  # noqa: E402
 
 SIZE = 256          # training images are resized to SIZE x SIZE
 WIDTH = 0.125       # DSFD channel multiplier
+
+
+def run_entry(script: str, argv: list[str]) -> int:
+    """Run one of the project's entry points (train.py, test.py) as its own process, exactly as
+    a user runs it; its output goes to this terminal."""
+    return subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=ROOT).returncode
 
 
 class Demo:
@@ -146,7 +152,7 @@ class Demo:
         return final
 
     def _train(self, argv: list[str], final: Path) -> None:
-        rc = train.main(["--resume", "auto", *argv])
+        rc = run_entry("train.py", ["--resume", "auto", *argv])
         if rc != 0 or not final.is_file():
             raise SystemExit(f"training failed (exit code {rc}); see {final.parent / 'log.txt'}")
 
@@ -155,9 +161,11 @@ class Demo:
     def detect(self, name: str, weights: Path, images: Path, enhancer: Path | None) -> Path:
         out = self.out / "pred" / name
         extra = ["--enhancer", str(enhancer)] if enhancer else ["--no-enhance"]
-        test_script.main(["--weights", str(weights), "--images", str(images), "--output",
-                          str(out), "--mode", "single", "--workers", "0", "--batch-size", "4",
-                          *extra])
+        rc = run_entry("test.py", ["--weights", str(weights), "--images", str(images), "--output",
+                                   str(out), "--mode", "single", "--workers", "0",
+                                   "--batch-size", "4", *extra])
+        if rc != 0:
+            raise SystemExit(f"test.py failed (exit code {rc}) on {weights}")
         return out
 
     def evaluate(self, source: Path, adapted: Path, enhancer: Path) -> dict:
@@ -182,7 +190,7 @@ class Demo:
         panels, titles = [], []
         for name, folder in shown:
             for i in ids:
-                rgb = test_script.read_rgb(self.dark / folder / "val" / f"{i}.png")
+                rgb = read_rgb(self.dark / folder / "val" / f"{i}.png")
                 # brightened for display only (the detector saw what its row name says)
                 rgb = np.clip(rgb * (100.0 / max(rgb.mean(), 1.0)), 0, 255).astype(np.uint8)
                 gt = read_darkface_gt_file(self.dark / "label" / "val" / f"{i}.txt")

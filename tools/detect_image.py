@@ -1,4 +1,4 @@
-"""Draw a detector's faces on one image for a quick look.
+"""Draw a detector's faces (and landmarks, for detectors that have them) on one image.
 
     python tools/detect_image.py --weights W --image IMG [--out IMG_det.png] [--threshold 0.5]
         [--mode single|multi] [--scale S] [--enhance] [KEY.SUB=VALUE ...]
@@ -15,9 +15,10 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import test as test_script  # noqa: E402
 from data import config as config_lib  # noqa: E402
+from data.image_folder import read_rgb  # noqa: E402
 from models.enhancement import enhance_uint8, load_enhancer  # noqa: E402
+from models.inference import build_face_detector  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.visualize import draw_detections  # noqa: E402
@@ -37,11 +38,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = config_lib.load_config(overrides=args.opts)
     device = dist.pick_device(cfg.RUN.DEVICE)
-    rgb = test_script.read_rgb(args.image)
+    rgb = read_rgb(args.image)
     if args.enhance:
         rgb = enhance_uint8(load_enhancer(cfg.ENHANCE.WEIGHTS, device), rgb)
-    detector = test_script.build_detector_from_weights(args.weights, cfg, device)
-    tester = TestTimeDetector(detector, vote=args.mode == "multi", dummy_rows=False)
+    detector = build_face_detector(cfg, args.weights, device)
+    # landmarks (YuNet, RetinaFace) are drawn in single mode; voting does not vote them
+    tester = TestTimeDetector(detector, vote=args.mode == "multi", dummy_rows=False,
+                              landmarks=args.mode == "single" and detector.num_landmarks > 0)
     plan = reference_passes(*rgb.shape[:2], args.scale) if args.mode == "multi" \
         else [Pass(args.scale)]
     with torch.no_grad():

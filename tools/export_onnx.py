@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import test as test_script  # noqa: E402
 from data import config as config_lib  # noqa: E402
+from data.image_folder import read_rgb  # noqa: E402
+from models.inference import build_face_detector  # noqa: E402
 from layers.anchors import AnchorGenerator, vgg_feature_sizes  # noqa: E402
 from layers.detect import postprocess  # noqa: E402
 
@@ -106,11 +107,11 @@ def main(argv=None) -> int:
     p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE")
     args = p.parse_args(argv)
     cfg = config_lib.load_config(overrides=args.opts)
-    detector = test_script.build_detector_from_weights(args.weights, cfg, torch.device("cpu"))
+    detector = build_face_detector(cfg, args.weights, torch.device("cpu"))
     export(detector.net, args.out, args.opset)
     print(f"exported {args.out} ({args.out.stat().st_size / 2 ** 20:.1f} MiB)")
     if args.image is not None:
-        rgb = test_script.read_rgb(args.image)
+        rgb = read_rgb(args.image)
     else:
         rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     onnx_det = OnnxFaceDetector(args.out, cfg)

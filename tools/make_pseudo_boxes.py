@@ -39,15 +39,12 @@ from tqdm import tqdm  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.image_folder import write_bytes_atomic  # noqa: E402
 from data.loaders import resolve_path  # noqa: E402
+from data.predictions import ImageFiles, as_is, list_images  # noqa: E402
+from models.inference import build_face_detector  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
-from test import ImageFiles, build_detector_from_weights, list_images  # noqa: E402
 from utils import dist  # noqa: E402
 
 log = logging.getLogger("make_pseudo_boxes")
-
-
-def _as_is(sample):
-    return sample
 
 
 def select_boxes(dets: np.ndarray, threshold: float, min_boxes: int) -> np.ndarray:
@@ -111,10 +108,10 @@ def main(argv=None) -> int:
     paths = list_images(str(images), str(data_root))
     images_root = images if images.is_dir() else data_root
     device = dist.pick_device(cfg.RUN.DEVICE)
-    tester = TestTimeDetector(build_detector_from_weights(args.weights, cfg, device),
+    tester = TestTimeDetector(build_face_detector(cfg, args.weights, device),
                               vote=args.mode == "multi", dummy_rows=False, iou_thresh=0.3,
                               top_k=cfg.DETECT.TOP_K)
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=_as_is,
+    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=as_is,
                         num_workers=args.workers if len(paths) > 1 else 0)
 
     lines, n_boxes, failed = [], 0, 0

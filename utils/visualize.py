@@ -7,20 +7,30 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
+# eyes, nose, mouth corners
+LANDMARK_COLORS = [(255, 0, 0), (0, 0, 255), (0, 255, 255), (255, 0, 255), (255, 255, 0)]
+
+
 def draw_detections(rgb: np.ndarray, dets: np.ndarray, threshold: float = 0.5,
                     gt: np.ndarray | None = None, color=(0, 255, 0),
                     gt_color=(255, 64, 64)) -> Image.Image:
-    """Boxes (x1, y1, x2, y2, score) above ``threshold`` with their scores; optional ground-truth
-    corners (x1, y1, x2, y2) in another colour."""
+    """Boxes (x1, y1, x2, y2, score[, 5 landmarks as x y pairs]) above ``threshold`` with their
+    scores and landmark dots; optional ground-truth corners (x1, y1, x2, y2) in another
+    colour."""
     img = Image.fromarray(np.ascontiguousarray(rgb))
     draw = ImageDraw.Draw(img)
     for box in (gt if gt is not None else []):
         draw.rectangle([float(v) for v in box[:4]], outline=gt_color, width=1)
-    for x1, y1, x2, y2, score in dets:
+    for row in dets:
+        x1, y1, x2, y2, score = (float(v) for v in row[:5])
         if score < threshold:
             continue
-        draw.rectangle([float(x1), float(y1), float(x2), float(y2)], outline=color, width=2)
-        draw.text((float(x1) + 2, float(y1) + 1), f"{score:.2f}", fill=color)
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+        draw.text((x1 + 2, y1 + 1), f"{score:.2f}", fill=color)
+        r = max(1.5, (x2 - x1) / 40)
+        for k, (x, y) in enumerate(np.asarray(row[5:], dtype=float).reshape(-1, 2)):
+            fill = LANDMARK_COLORS[k % len(LANDMARK_COLORS)]
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     return img
 
 

@@ -1,0 +1,448 @@
+"""One registry of face-annotation formats, each read into the same :class:`FaceRecord` list.
+
+=============  ===========================================================================
+``wider``      the project's list file (REFERENCE 6.1, what ``tools/prepare_wider.py``
+               writes): one image a line, ``<path> <N> x y w h label`` x N
+``retinaface`` Pytorch_Retinaface's ``label.txt``: ``# <path>`` then one face a line,
+               ``x y w h`` (val/test) or ``x y w h`` + 5 x ``(lx ly flag)`` + 1 value (train)
+``labelv2``    SCRFD / libfacedetection.train: ``# <path> <W> <H>`` then one face a line,
+               ``x1 y1 x2 y2`` optionally followed by 5 x ``(lx ly flag)`` (or 5 x ``(lx ly)``)
+``laboro``     the Laboro TV Face folder layout (``train/label.txt``, ``val/tvval_list.txt``,
+               ``test/tvtest_list.txt``, each beside an ``images/`` folder)
+=============  ===========================================================================
+
+Every reader returns boxes as float64 pixel ``x1, y1, x2, y2`` with ``x2 = x + w`` (the
+convention of :func:`data.widerface.parse_list_file`; no ``- 1``), landmarks ``[n, 5, 2]``
+with every coordinate of a missing point set to -1 (the marker all these formats use), and
+labels (1 = face; the ``wider`` format keeps its label column). As in ``parse_list_file``, a
+box with ``w <= 0`` or ``h <= 0`` is dropped (its count logged) and a non-finite number is an
+error. Unlike the training loader, the readers keep an image left without a box, so the record
+count is the image count of the file: ``[r for r in records if len(r.boxes)]`` is what
+``parse_list_file(path, root)`` returns.
+
+Files are UTF-8 (a BOM is stripped), with LF, CRLF or CR line ends; blank lines and trailing
+blanks are ignored. A malformed line raises :class:`AnnotationError` whose message starts with
+``<file>:<line>:`` and says what was expected.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NUM_LANDMARKS = 5
+MISSING = -1.0                      # the formats' marker of an absent landmark coordinate
+RETINAFACE_WIDTHS = (4, 20)         # numbers per face line: box only / box + 15 + 1
+LABELV2_WIDTHS = (4, 14, 19)        # box only / box + 5 (x, y) / box + 5 (x, y, flag)
+LABORO_LISTS = {"train": None, "val": "tvval_list.txt", "test": "tvtest_list.txt"}
+_BOM = b"\xef\xbb\xbf"
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names ``file:line`` (or the file/folder)."""
+
+    def __init__(self, path, line: int | None, message: str):
+        self.path = str(path)
+        self.line = line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+@dataclass(eq=False)
+class FaceRecord:
+    """One image: ``boxes`` ``[n, 4]`` float64 pixel x1, y1, x2, y2 (x2 = x + w),
+    ``landmarks`` ``[n, 5, 2]`` float64 pixels (-1 where absent), ``labels`` ``[n]`` int64,
+    ``size`` ``(W, H)`` when the file states it (``labelv2``), else None."""
+    path: str
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    labels: np.ndarray
+    size: tuple[int, int] | None = None
+
+
+def has_landmarks(record: FaceRecord) -> np.ndarray:
+    """``[n]`` bool: the faces with at least one landmark coordinate that is not -1."""
+    return ~(record.landmarks == MISSING).all(axis=(1, 2))
+
+
+# ---- reading helpers ---------------------------------------------------------------------------
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """``(1-based line number, stripped text)`` of the non-blank lines of a UTF-8 file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    data = path.read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        column = len(head) - head.rfind(b"\n")
+        raise AnnotationError(path, head.count(b"\n") + 1,
+                              f"byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 "
+                              "(save the file as UTF-8)") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _numbers(rows: list[list[str]], lines: list[int], path: Path, width: int) -> np.ndarray:
+    """``[len(rows), width]`` float64 from token rows of equal length; one conversion for the
+    whole file, and only on failure a row-by-row pass to name the bad line."""
+    if not rows:
+        return np.zeros((0, width))
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError:
+        for row, line in zip(rows, lines):
+            for token in row:
+                try:
+                    np.float64(token)
+                except ValueError:
+                    raise AnnotationError(path, line, f"{token!r} is not a number") from None
+        raise
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        raise AnnotationError(path, lines[int(np.argmin(finite))], "non-finite number (nan/inf)")
+    return values
+
+
+def _records(path: Path, images: list[str], owner: np.ndarray, boxes: np.ndarray,
+             landmarks: np.ndarray, labels: np.ndarray, sizes=None) -> list[FaceRecord]:
+    """Drop degenerate boxes (w <= 0 or h <= 0, as ``parse_list_file``) and split the per-face
+    arrays (face ``i`` belongs to image ``owner[i]``, non-decreasing) into one record a image."""
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not valid.all():
+        logger.info("%s: dropped %d boxes with w <= 0 or h <= 0", path, int((~valid).sum()))
+    counts = np.bincount(owner[valid], minlength=len(images))
+    cuts = np.cumsum(counts)[:-1]
+    parts = zip(np.split(boxes[valid], cuts), np.split(landmarks[valid], cuts),
+                np.split(labels[valid], cuts))
+    sizes = sizes or [None] * len(images)
+    return [FaceRecord(image, b, lm, lab, size)
+            for image, (b, lm, lab), size in zip(images, parts, sizes)]
+
+
+def _image_base(path: Path, root) -> Path:
+    """Where the block formats' image paths are relative to: ``root``, or the ``images/``
+    folder beside the label file (Pytorch_Retinaface and SCRFD lay their data out so)."""
+    return Path(root) if root is not None else path.parent / "images"
+
+
+# ---- wider --------------------------------------------------------------------------------------
+
+def _wider_count(tokens: list[str], path: Path, number: int) -> int:
+    try:
+        count = int(tokens[1]) if len(tokens) > 1 else -1
+    except ValueError:
+        raise AnnotationError(path, number, f"face count {tokens[1]!r} is not an integer") from None
+    if count < 0:
+        raise AnnotationError(path, number, "expected '<image_path> <N> x y w h label ...' "
+                                            "with N >= 0")
+    if len(tokens) != 2 + 5 * count:
+        raise AnnotationError(path, number, f"N = {count} needs {5 * count} numbers after it "
+                                            f"(x y w h label per face), found {len(tokens) - 2}")
+    return count
+
+
+def read_wider(path, root=None, split: str = "train") -> list[FaceRecord]:
+    """The project's list file (REFERENCE 6.1). Relative image paths are joined to ``root``
+    (default ``.``, as ``parse_list_file``); ``split`` is unused (one file, one split)."""
+    path = Path(path)
+    base = Path("." if root is None else root)
+    images, owner, rows, row_lines = [], [], [], []
+    for number, line in _read_lines(path):
+        tokens = line.split()
+        count = _wider_count(tokens, path, number)
+        owner.extend([len(images)] * count)
+        images.append(str(base / tokens[0]))
+        rows.extend(tokens[2 + 5 * k:7 + 5 * k] for k in range(count))
+        row_lines.extend([number] * count)
+    values = _numbers(rows, row_lines, path, 5)
+    integral = values[:, 4] == np.round(values[:, 4])
+    if not integral.all():
+        raise AnnotationError(path, row_lines[int(np.argmin(integral))], "labels must be integers")
+    boxes = values[:, :4].copy()
+    boxes[:, 2:] += boxes[:, :2]                                # x y w h -> x1 y1 x2 y2
+    landmarks = np.full((len(values), NUM_LANDMARKS, 2), MISSING)
+    return _records(path, images, np.asarray(owner, dtype=np.int64), boxes, landmarks,
+                    values[:, 4].astype(np.int64))
+
+
+# ---- retinaface and labelv2: '#' headers, then one face a line ----------------------------------
+
+def _parse_blocks(path: Path, widths: tuple[int, ...], parse_header: Callable, expected: str):
+    """Headers ``[(name, size)]``, face rows grouped by width ``{width: (rows, lines,
+    face indices)}`` and the image index of each face."""
+    headers, owner = [], []
+    groups = {width: ([], [], []) for width in widths}
+    for number, line in _read_lines(path):
+        if line.startswith("#"):
+            headers.append(parse_header(line[1:].strip(), path, number))
+            continue
+        if not headers:
+            raise AnnotationError(path, number, "face line before any '# <image path>' header")
+        tokens = line.split()
+        group = groups.get(len(tokens))
+        if group is None:
+            raise AnnotationError(path, number, f"a face line needs {expected}, "
+                                                f"found {len(tokens)} values")
+        group[0].append(tokens)
+        group[1].append(number)
+        group[2].append(len(owner))
+        owner.append(len(headers) - 1)
+    return headers, groups, np.asarray(owner, dtype=np.int64)
+
+
+def _faces(path: Path, groups: dict, n_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[F, 4]`` (the first 4 numbers, as written) and landmarks ``[F, 5, 2]`` of every
+    face; the landmark numbers are ``(x, y)`` pairs (14 a line) or ``(x, y, flag)`` triples."""
+    boxes = np.zeros((n_faces, 4))
+    landmarks = np.full((n_faces, NUM_LANDMARKS, 2), MISSING)
+    for width, (rows, lines, index) in groups.items():
+        values = _numbers(rows, lines, path, width)
+        boxes[index] = values[:, :4]
+        if width > 4:
+            step = 2 if width == 4 + 2 * NUM_LANDMARKS else 3
+            points = values[:, 4:4 + step * NUM_LANDMARKS].reshape(-1, NUM_LANDMARKS, step)
+            landmarks[index] = points[:, :, :2]       # absent points are written -1 -1 (-1)
+    return boxes, landmarks
+
+
+def _retinaface_header(text: str, path: Path, number: int):
+    if not text:
+        raise AnnotationError(path, number, "expected '# <image path>'")
+    return text, None
+
+
+def read_retinaface(path, root=None, split: str = "train") -> list[FaceRecord]:
+    """Pytorch_Retinaface's ``label.txt``: ``# <image path>`` then per face ``x y w h`` (4
+    numbers) or ``x y w h`` + 5 x ``(lx ly flag)`` + one more value (20 numbers; the last, a
+    per-face quality value, is not kept). Absent landmarks are written -1. Image paths are
+    relative to ``root`` or, by default, ``images/`` beside the label file."""
+    path = Path(path)
+    headers, groups, owner = _parse_blocks(path, RETINAFACE_WIDTHS, _retinaface_header,
+                                           "4 or 20 numbers (x y w h [+ 5 x lx ly flag + 1 "
+                                           "value])")
+    boxes, landmarks = _faces(path, groups, len(owner))
+    boxes[:, 2:] += boxes[:, :2]                                # x y w h -> x1 y1 x2 y2
+    base = _image_base(path, root)
+    return _records(path, [str(base / name) for name, _ in headers], owner, boxes, landmarks,
+                    np.ones(len(owner), dtype=np.int64))
+
+
+def _labelv2_header(text: str, path: Path, number: int):
+    parts = text.rsplit(None, 2)
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        size = (int(parts[1]), int(parts[2]))
+        if min(size) <= 0:
+            raise ValueError
+    except ValueError:
+        raise AnnotationError(path, number, "expected '# <image path> <width> <height>' with "
+                                            f"positive integer sizes, got '# {text}'") from None
+    return parts[0], size
+
+
+def read_labelv2(path, root=None, split: str = "train") -> list[FaceRecord]:
+    """SCRFD's ``labelv2.txt``: ``# <image path> <W> <H>`` then per face ``x1 y1 x2 y2``
+    (4 numbers), + 5 x ``(lx ly flag)`` (19; SCRFD's training files, -1 -1 -1 for an absent
+    point) or + 5 x ``(lx ly)`` (14). Image paths are relative to ``root`` or, by default,
+    ``images/`` beside the label file (SCRFD's ``data/retinaface/<split>/`` layout)."""
+    path = Path(path)
+    headers, groups, owner = _parse_blocks(path, LABELV2_WIDTHS, _labelv2_header,
+                                           "4, 14 or 19 numbers (x1 y1 x2 y2 [+ 5 x lx ly "
+                                           "[flag]])")
+    boxes, landmarks = _faces(path, groups, len(owner))
+    base = _image_base(path, root)
+    return _records(path, [str(base / name) for name, _ in headers], owner, boxes, landmarks,
+                    np.ones(len(owner), dtype=np.int64), [size for _, size in headers])
+
+
+# ---- laboro -------------------------------------------------------------------------------------
+
+def _read_image_list(path: Path, images: Path) -> list[FaceRecord]:
+    """One image path a line (a leading '/' is dropped: the path is relative to ``images``),
+    no boxes: Pytorch_Retinaface's ``wider_val.txt`` convention."""
+    records = []
+    for number, line in _read_lines(path):
+        tokens = line.split()
+        if len(tokens) != 1:
+            raise AnnotationError(path, number, "expected one image path a line (this split's "
+                                                "boxes come from a separate ground truth)")
+        records.append(FaceRecord(str(images / tokens[0].lstrip("/")), np.zeros((0, 4)),
+                                  np.zeros((0, NUM_LANDMARKS, 2)), np.zeros(0, dtype=np.int64)))
+    return records
+
+
+def read_laboro(path, root=None, split: str = "train") -> list[FaceRecord]:
+    """The Laboro TV Face layout under the dataset root ``path``::
+
+        train/images/  train/label.txt        (Pytorch_Retinaface label.txt)
+        val/images/    val/tvval_list.txt
+        test/images/   test/tvtest_list.txt
+
+    as LaboroTVFaceModels' README describes it. The val/test lists are read like
+    Pytorch_Retinaface's ``wider_val.txt`` (one image path a line, no boxes: the release ships
+    their ground truth separately for its evaluation script); nothing public states more about
+    them. A ``label.txt`` in a val/test folder, when present, is read instead (boxes). ``root``
+    replaces ``<split>/images`` as the image folder.
+    """
+    dataset = Path(path)
+    if split not in LABORO_LISTS:
+        raise ValueError(f"unknown Laboro TV Face split {split!r}; "
+                         f"known: {', '.join(LABORO_LISTS)}")
+    if not dataset.is_dir():
+        raise FileNotFoundError(f"Laboro TV Face root {dataset} is not a folder")
+    folder = dataset / split
+    images = Path(root) if root is not None else folder / "images"
+    if not images.is_dir():
+        raise AnnotationError(images, None, f"image folder missing (the Laboro TV Face layout "
+                                            f"has {split}/images/ under the dataset root)")
+    label = folder / "label.txt"
+    if label.is_file():
+        return read_retinaface(label, root=images)
+    listing = folder / LABORO_LISTS[split] if LABORO_LISTS[split] else None
+    if listing is None or not listing.is_file():
+        wanted = "label.txt" + (f" or {LABORO_LISTS[split]}" if LABORO_LISTS[split] else "")
+        raise AnnotationError(folder, None, f"no annotation file: expected {wanted} here")
+    return _read_image_list(listing, images)
+
+
+FORMATS: dict[str, Callable[..., list[FaceRecord]]] = {
+    "wider": read_wider,
+    "retinaface": read_retinaface,
+    "labelv2": read_labelv2,
+    "laboro": read_laboro,
+}
+
+
+# ---- format detection and the front door --------------------------------------------------------
+
+def detect_format(path) -> str:
+    """The format of ``path`` by its content (a folder: by its layout)."""
+    path = Path(path)
+    known = ", ".join(FORMATS)
+    if path.is_dir():
+        if any((path / split / "images").is_dir() for split in LABORO_LISTS):
+            return "laboro"
+        raise AnnotationError(path, None, "folder is not a Laboro TV Face root (no train/, val/ "
+                                          f"or test/ with images/); known formats: {known}")
+    lines = _read_lines(path)
+    if not lines:
+        raise AnnotationError(path, None, f"no annotation lines to tell the format from; "
+                                          f"known formats: {known}")
+    number, line = lines[0]
+    tokens = line.split()
+    if line.startswith("#"):
+        head = line[1:].split()
+        is_v2 = len(head) >= 3 and head[-1].isdigit() and head[-2].isdigit()
+        return "labelv2" if is_v2 else "retinaface"
+    if len(tokens) >= 2 and tokens[1].isdigit() and len(tokens) == 2 + 5 * int(tokens[1]):
+        return "wider"
+    raise AnnotationError(path, number, f"unknown annotation format (line {line[:60]!r}); "
+                                        f"known formats: {known}")
+
+
+def read_annotations(path: str | Path, fmt: str = "auto", root: str | Path | None = None,
+                     split: str = "train") -> list[FaceRecord]:
+    """Read ``path`` in format ``fmt`` (``"auto"``: :func:`detect_format`). ``root``: where
+    relative image paths point (default: per format); ``split``: for ``laboro`` only."""
+    if fmt == "auto":
+        fmt = detect_format(path)
+    reader = FORMATS.get(fmt)
+    if reader is None:
+        raise ValueError(f"unknown annotation format {fmt!r}; known: auto, {', '.join(FORMATS)}")
+    return reader(path, root=root, split=split)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _number(value: float) -> str:
+    """Integers without a decimal point (as the WIDER list files), others exactly (repr)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _relative(image: str, base: Path) -> str:
+    """``image`` relative to ``base`` when it lies below it, else absolute (still valid)."""
+    absolute = Path(image).absolute()
+    try:
+        return str(absolute.relative_to(base.absolute()))
+    except ValueError:
+        return str(absolute)
+
+
+def _no_blanks(name: str, fmt: str) -> str:
+    if not name or name != "".join(name.split()):
+        raise ValueError(f"image path {name!r} is empty or has whitespace: the {fmt} format "
+                         "cannot hold it")
+    return name
+
+
+def _point_triples(landmarks: np.ndarray) -> np.ndarray:
+    """``[n, 5, 2]`` -> ``[n, 15]`` x, y, flag (0 = annotated; -1 -1 -1 for an absent point)."""
+    absent = (landmarks == MISSING).all(axis=2, keepdims=True)
+    return np.concatenate([landmarks, np.where(absent, MISSING, 0.0)], axis=2).reshape(-1, 15)
+
+
+def _xywh(boxes: np.ndarray) -> np.ndarray:
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def _write_wider(records: list[FaceRecord], base: Path) -> Iterable[str]:
+    for r in records:
+        name = _no_blanks(_relative(r.path, base), "wider")
+        values = np.concatenate([_xywh(r.boxes), r.labels[:, None]], axis=1).ravel()
+        yield " ".join([name, str(len(r.boxes))] + [_number(v) for v in values])
+
+
+def _write_blocks(records: list[FaceRecord], base: Path, fmt: str) -> Iterable[str]:
+    with_points = any(has_landmarks(r).any() for r in records)
+    for r in records:
+        name = _relative(r.path, base)
+        if fmt == "labelv2":
+            if r.size is None:
+                raise ValueError(f"{r.path}: labelv2 needs the image size (W, H); set "
+                                 "FaceRecord.size")
+            yield f"# {_no_blanks(name, fmt)} {int(r.size[0])} {int(r.size[1])}"
+            faces = r.boxes
+        else:
+            yield f"# {name}"
+            faces = _xywh(r.boxes)
+        if with_points:          # then every face line carries them (SCRFD's training reader)
+            faces = np.concatenate([faces, _point_triples(r.landmarks)], axis=1)
+            if fmt == "retinaface":          # the trailing per-face value, unknown here: -1
+                faces = np.concatenate([faces, np.full((len(faces), 1), MISSING)], axis=1)
+        for face in faces:
+            yield " ".join(_number(v) for v in face)
+
+
+WRITERS = {
+    "wider": _write_wider,
+    "retinaface": lambda records, base: _write_blocks(records, base, "retinaface"),
+    "labelv2": lambda records, base: _write_blocks(records, base, "labelv2"),
+}
+
+
+def write_annotations(records: Iterable[FaceRecord], path: str | Path, fmt: str,
+                      root: str | Path | None = None) -> None:
+    """Write ``records`` to ``path`` in ``fmt`` (``wider``, ``retinaface`` or ``labelv2``).
+
+    Image paths are written relative to ``root`` (default: where the reader of ``fmt`` will
+    look, so reading the file back gives the same paths), or absolute when outside it. With
+    landmarks on any face, every face line carries the 15 landmark numbers (absent: -1).
+    """
+    writer = WRITERS.get(fmt)
+    if writer is None:
+        raise ValueError(f"cannot write annotation format {fmt!r}; writable: {', '.join(WRITERS)}")
+    path = Path(path)
+    base = Path("." if root is None else root) if fmt == "wider" else _image_base(path, root)
+    lines = list(writer(list(records), base))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        f.writelines(line + "\n" for line in lines)

@@ -1,0 +1,129 @@
+"""The detector interface: what every face detector of the toolkit provides.
+
+A detector is one ``nn.Module`` file implementing :class:`DetectorNet` (its state_dict keys stay
+the released checkpoints' keys, so the interface is methods and plain attributes, never extra
+sub-modules), plus one :class:`DetectorEntry` in ``models/factory.py`` and one preset file
+``configs/models/<name>.yaml``. Everything else (train.py, test.py, the self-supervised heads,
+MoCo, ONNX export, the demo) talks to detectors only through these two types.
+
+Conventions shared by all detectors:
+
+* **Images in** are RGB ``uint8`` ``[N, H, W, 3]``; :meth:`InputSpec.to_input` turns them into the
+  network input (channel order, mean, scale) the released weights expect.
+* **Training targets** are per-image float32 tensors ``[n, 5]`` (DSFD) or ``[n, 15]``
+  (detectors with landmarks): ``x1, y1, x2, y2`` normalised by the input width/height, the label
+  (1 = face), then the 5 landmarks as ``x, y`` pairs normalised the same way, all ten ``-1``
+  when the face has none. ``targets[:, :5]`` is therefore always the box-and-label format.
+* **Detections out** (``postprocess``) are per-image tensors ``[k, 5 + 2 * num_landmarks]``:
+  ``x1, y1, x2, y2, score`` normalised to [0, 1] by the input size, then the landmarks
+  normalised the same way, sorted by descending score.
+* **Losses** are ``dict[str, Tensor]`` of scalar terms, each already weighted as the detector's
+  reference weights them; train.py sums them with the self-supervised terms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class DetectorNet(Protocol):
+    """What train.py, the heads and MoCo need from a detector network."""
+
+    #: True when the network has BatchNorm layers: then batches of different tasks must not be
+    #: concatenated through it in training mode, and MoCo needs shuffled (or frozen) BN for keys.
+    has_batchnorm: bool
+    #: channels of :meth:`features`'s maps, one per level (the heads are built from this)
+    feature_channels: list[int]
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The maps the self-supervised heads read, one per level, with gradient."""
+
+    def make_key_encoder(self) -> nn.Module:
+        """A frozen deep copy of everything :meth:`features` needs. Its ``forward(x)`` equals
+        ``self.features(x)`` for equal weights, and its ``named_parameters()`` names are a subset
+        of this network's (MoCo's momentum update pairs them by name)."""
+
+    def forward(self, x: Tensor) -> Any:
+        """The raw training output, as the detector's loss and ``postprocess`` read it."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How RGB uint8 pixels become this detector's input.
+
+    ``channel_order`` is the order the network reads (``"RGB"`` or ``"BGR"``); ``mean`` and
+    ``std`` are given in that order, in 0..255 units; ``size_divisor`` > 1 pads H and W
+    (bottom/right, zeros after normalisation) up to a multiple, as the detector's official
+    inference does (YuNet: 32).
+    """
+
+    channel_order: str = "RGB"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    size_divisor: int = 1
+
+    def to_input(self, images: Tensor, memory_format=torch.contiguous_format) -> Tensor:
+        """``[N, H, W, 3]`` uint8 RGB (on the target device) -> ``[N, 3, H', W']`` float32."""
+        x = images.permute(0, 3, 1, 2).float()
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std if any(s != 1 for s in self.std) else x - mean
+        x = pad_to_multiple(x, self.size_divisor)
+        return x.contiguous(memory_format=memory_format)
+
+
+def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
+    """Zero-pad the bottom and right of ``[N, C, H, W]`` up to multiples of ``divisor``."""
+    if divisor <= 1:
+        return x
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    return torch.nn.functional.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+@dataclass(frozen=True)
+class DetectorEntry:
+    """One registry entry of ``models/factory.py``.
+
+    ``build(cfg)`` makes the network (weights are loaded by the caller); ``criterion(cfg)``
+    returns ``loss(out, targets, image_size) -> dict[str, Tensor]``; ``postprocess(cfg)``
+    returns ``fn(out, image_size) -> list[Tensor]`` (see the module doc for both formats);
+    ``input_spec(cfg)`` the :class:`InputSpec`. ``preset`` is the preset file applied when
+    ``MODEL.NAME`` selects this entry.
+
+    The training dataset of each detector (its augmentation, producing ``(input [3, S, S]
+    float32, target, skipped)`` samples) is registered on the data side, in
+    ``data/detection_datasets.py`` under the same name: ``models/`` never imports ``data/``.
+    """
+
+    build: Callable[[Any], nn.Module]
+    criterion: Callable[[Any], Callable]
+    postprocess: Callable[[Any], Callable]
+    input_spec: Callable[[Any], InputSpec]
+    num_landmarks: int = 0
+    preset: str = ""
+    check: Callable[[Any], None] | None = None     # raises naming the key when cfg misfits
+    extra: dict = field(default_factory=dict)
+
+
+def check_interface(net: nn.Module) -> None:
+    """Raise a TypeError naming what ``net`` lacks of :class:`DetectorNet`."""
+    missing = [a for a in ("has_batchnorm", "feature_channels", "features", "make_key_encoder")
+               if not hasattr(net, a)]
+    if missing:
+        raise TypeError(f"{type(net).__name__} does not implement the detector interface: "
+                        f"missing {', '.join(missing)}")
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def feature_levels(feats: Sequence[Tensor]) -> list[tuple[int, int]]:
+    return [tuple(f.shape[-2:]) for f in feats]
