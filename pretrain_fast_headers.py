@@ -14,8 +14,9 @@ Departures from the reference's script, on purpose:
 * the detector weights (MODEL.WEIGHTS) are loaded first; the reference never loads them and
   pre-trains on a random detector. SSL.PRETRAIN_LOAD_DETECTOR=False reproduces that.
 * a checkpoint is written every SSL.PRETRAIN_SAVE_EVERY steps **and after the last step** (the
-  reference's loop ends one step short of its final save), atomically, and ``--resume``
-  continues exactly (optimizer, queues and every loader's position).
+  reference's loop ends one step short of its final save), by the engine (``utils/engine.py``:
+  atomic, finite, a locked run folder), and ``--resume`` continues exactly (optimizer, queues
+  and every loader's position).
 
 Loss weights (REFERENCE 7): the reference overrides every task weight to 1 except
 TRANSFER_CONTRASTIVE, which keeps its training weight (0.05). Kept as is. Since each head has
@@ -30,39 +31,27 @@ trainer state dict in the HLA layout (``net.*`` plus the heads), like the refere
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from data import config as config_lib
-from data.loaders import resolve_path
 from models.factory import build_detector
 from models.hla_trainer import HLATrainer, trainer_state_dict
 from models.inference import autocast
-from models.ssl_tasks import build_ssl_loaders, build_tasks, check_moco_batch, next_ssl_batches
-from train import TASK_TAGS, init_weights, restore_loaders
-from utils.runs import StopRequest, resolve_run
-from utils import dist
-from utils.checkpoint import (atomic_save, load_file, prune_checkpoints,
-                              rng_state, set_rng_state)
-from utils.logger import MetricLogger, setup_logging
+from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
+from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
+from utils import dist, engine
+from utils.checkpoint import init_detector
+from utils.logger import setup_logging
 
 log = logging.getLogger("pretrain")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", action="append", default=[], metavar="PRESET",
-                   help="YAML/JSON preset file(s), applied in order before the overrides")
-    p.add_argument("--resume", default="", metavar="CKPT|auto",
-                   help="continue from a checkpoint, or 'auto' for the newest in the run folder")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+def parse_args(argv=None):
+    return engine.run_arguments(__doc__).parse_args(argv)
 
 
 def pretrain_weights(cfg) -> dict[str, float]:
@@ -75,17 +64,13 @@ def pretrain_weights(cfg) -> dict[str, float]:
 
 def run_name(cfg) -> str:
     """The reference's ``weights_fast_det_jig33(1.000000)_con-trg(1.000000)_tsf(0.050000)``."""
-    if cfg.RUN.NAME:
-        return cfg.RUN.NAME
-    weights = pretrain_weights(cfg)
-    tags = [f"{TASK_TAGS[k]}({weights[k]:f})" for k in TASK_TAGS if cfg.TRAIN[k]]
-    return "_".join(["weights_fast_det", *tags])
+    return tagged_run_name(cfg, "weights_fast_det", pretrain_weights(cfg))
 
 
 def build_trainer(cfg, resume) -> HLATrainer:
     net = build_detector(cfg.MODEL, cfg.NUM_CLASSES)
     if resume is None and cfg.SSL.PRETRAIN_LOAD_DETECTOR:
-        init_weights(net, cfg)
+        init_detector(net, cfg)
     elif resume is None:
         log.warning("SSL.PRETRAIN_LOAD_DETECTOR=False: the heads are pre-trained on a randomly "
                     "initialised detector, as the reference's script does")
@@ -100,122 +85,112 @@ def build_trainer(cfg, resume) -> HLATrainer:
     return trainer
 
 
-def save_checkpoint(path, trainer, optimizer, scheduler, scaler, step: int, skipped: int,
-                    ssl_loaders, cfg):
-    atomic_save({
-        "model": trainer.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-        "skipped": skipped, "config": config_lib.to_dict(cfg), "rng": rng_state(),
-        "ssl_loaders": {name: loader.state_dict() for name, loader in ssl_loaders.items()},
-    }, path)
-    log.info("saved %s", path)
+def checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders) -> dict:
+    return {"model": trainer.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ssl_loaders": {name: loader.state_dict() for name, loader in ssl_loaders.items()}}
 
 
-def load_checkpoint(path, trainer, optimizer, scheduler, scaler) -> tuple[int, int, dict]:
-    ckpt = load_file(path, "checkpoint")
+def restore_checkpoint(ckpt, trainer, optimizer, scheduler, scaler, cfg) -> engine.Progress:
     trainer.load_state_dict(trainer_state_dict(ckpt))
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    engine.apply_optimizer_config(optimizer, scheduler, lr=cfg.SSL.PRETRAIN_LR)
     scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
-    log.info("resumed from %s at step %d", path, ckpt["step"])
-    return ckpt["step"], ckpt.get("skipped", 0), ckpt.get("ssl_loaders", {})
+    log.info("resumed at step %d", ckpt["step"])
+    return engine.restore(ckpt)
 
 
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging()
-    cfg, resume, _ = resolve_run(args, run_name)
-    device = dist.pick_device(cfg.RUN.DEVICE)
-    dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
+    run_dir = None
     try:
-        return pretrain(cfg, resume, device)
+        cfg, resume, run_dir = engine.resolve_run(args, run_name)
+        if engine.nothing_to_do(cfg.SSL.PRETRAIN_ITERS, "SSL.PRETRAIN_ITERS"):
+            return 0
+        device = dist.pick_device(cfg.RUN.DEVICE)
+        dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
+        return pretrain(cfg, resume, run_dir, device, args.overwrite)
+    except engine.RunError as exc:
+        return engine.report_failure(exc, run_dir)
     finally:
         dist.cleanup()
 
 
-def pretrain(cfg, resume: Path | None, device: torch.device) -> int:
-    world, rank, batch = dist.world_size(), dist.rank(), cfg.SSL.PRETRAIN_BATCH_SIZE
+def pretrain(cfg, resume, run_dir, device: torch.device, overwrite: bool = False) -> int:
+    world, batch = dist.world_size(), cfg.SSL.PRETRAIN_BATCH_SIZE
     if batch % world:
         raise ValueError(f"config key SSL.PRETRAIN_BATCH_SIZE={batch} must be divisible by the "
                          f"number of processes ({world})")
     check_moco_batch(cfg, build_tasks(cfg), batch, "SSL.PRETRAIN_BATCH_SIZE")
-    run_dir = resolve_path(cfg.RUN.OUTPUT_DIR) / run_name(cfg)
-    if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.dump(cfg, run_dir / "config.yaml")
-    dist.barrier()
-    setup_logging(run_dir)
-    log.info("run folder %s; %d process(es) on %s; batch %d per process", run_dir, world, device,
-             batch // world)
-    torch.manual_seed(cfg.RUN.SEED)
+    with engine.Run(run_dir, cfg, resume, device, overwrite) as run:
+        log.info("run folder %s; %d process(es) on %s; batch %d per process", run_dir, world,
+                 device, batch // world)
+        return pretrain_loop(cfg, resume, run, device, batch)
 
+
+def pretrain_loop(cfg, resume, run: engine.Run, device, batch: int) -> int:
+    torch.manual_seed(cfg.RUN.SEED)
     memory_format = torch.channels_last if cfg.RUN.CHANNELS_LAST else torch.contiguous_format
     trainer = build_trainer(cfg, resume).to(device, memory_format=memory_format)
-    params = [p for p in trainer.parameters() if p.requires_grad]      # the heads only
+    named_params = [(n, p) for n, p in trainer.named_parameters() if p.requires_grad]
+    params = [p for _, p in named_params]                           # the heads only
     optimizer = torch.optim.Adam(params, lr=cfg.SSL.PRETRAIN_LR)
     halve = cfg.SSL.PRETRAIN_LR_HALVE_EVERY
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** (s // halve))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.RUN.AMP == "fp16")
-    step, skipped_total, loader_states = 0, 0, {}
+    progress = engine.Progress()
     if resume is not None:
-        step, skipped_total, loader_states = load_checkpoint(resume, trainer, optimizer,
-                                                             scheduler, scaler)
+        progress = restore_checkpoint(resume.checkpoint, trainer, optimizer, scheduler, scaler,
+                                      cfg)
     net = DistributedDataParallel(trainer, broadcast_buffers=False) if dist.is_distributed() \
         else trainer
-    ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, batch, rank, world,
+    ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, batch, dist.rank(), dist.world_size(),
                                     pin_memory=device.type == "cuda")
     if resume is not None:
-        restore_loaders(ssl_loaders, loader_states)
+        engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))
     weights, total = trainer.loss_weights, cfg.SSL.PRETRAIN_ITERS
 
-    meters = MetricLogger(run_dir, total, cfg.RUN.TENSORBOARD)
-    stop = StopRequest()
+    meters = run.metrics(total)
+    stop = engine.StopRequest()
+    state = lambda: checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders)  # noqa
     net.train()
     try:
-        while step < total:
+        while progress.step < total:
             t_data = time.perf_counter()
             batches, skipped = next_ssl_batches(ssl_loaders, device, memory_format)
             data_time = time.perf_counter() - t_data
             with autocast(device, cfg.RUN.AMP):
                 _, loss_dict = net(None, batches)
             loss = sum(weights[k] * v for k, v in loss_dict.items())
+            stopping = engine.check_loss(progress.step + 1, loss, loss_dict, device, stop)
 
-            flags = dist.all_reduce_sum(torch.tensor(
-                [float(not torch.isfinite(loss)), float(stop.requested)], device=device))
-            if flags[0] > 0:
-                log.error("non-finite loss at step %d: %s; stopping (the last checkpoint is "
-                          "kept)", step + 1, {k: float(v.detach()) for k, v in loss_dict.items()})
-                return 1
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if not scaler.is_enabled():
+                engine.check_gradients(progress.step + 1, named_params, loss_dict)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            step += 1
-            skipped_total += skipped
+            progress.step += 1
+            progress.skipped += skipped
 
             meters.update(loss=loss.detach(), **{k: v.detach() for k, v in loss_dict.items()},
                           data_time=data_time)
-            if step % cfg.RUN.LOG_EVERY == 0 or step == total:
-                values = dist.all_reduce_mean_dict(meters.averages(device))
-                meters.write(step, {**values, "lr": optimizer.param_groups[0]["lr"],
-                                    "skipped_images": skipped_total})
-            stopping = flags[1] > 0
-            if dist.is_main() and (step % cfg.SSL.PRETRAIN_SAVE_EVERY == 0 or step == total
-                                   or stopping):
-                save_checkpoint(run_dir / f"ckpt_{step}.pth", trainer, optimizer, scheduler,
-                                scaler, step, skipped_total, ssl_loaders, cfg)
-                prune_checkpoints(run_dir, cfg.RUN.KEEP_CKPTS)
+            last = progress.step == total
+            run.log_step(progress.step, last, lr=optimizer.param_groups[0]["lr"],
+                         skipped_images=progress.skipped)
+            if progress.step % cfg.SSL.PRETRAIN_SAVE_EVERY == 0 or last or stopping:
+                run.save_checkpoint(progress, state, reason=stop.requested)
             if stopping:
-                log.warning("stopped at step %d; resume with --resume auto", step)
+                log.warning("stopped at step %d; resume with --resume auto", progress.step)
                 return 0
         log.info("done: %d steps; cut the heads out with: python transfer_headers.py %s",
-                 step, run_dir / f"ckpt_{step}.pth")
+                 progress.step, run.dir / f"ckpt_{progress.step}.pth")
         return 0
     finally:
         stop.restore()
-        meters.close()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import config as config_lib
-from data.predictions import ImageFiles, Outputs, as_is, list_images
+from data.config_check import validate
+from data.loaders import identity_collate
+from data.predictions import ImageFiles, Outputs, list_images
 from models.enhancement import enhance_uint8, load_enhancer
 from models.inference import build_face_detector
 from models.test_time import Pass, TestTimeDetector, reference_passes
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = config_lib.load_config(args.config, args.opts)
+    validate(cfg)
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
     device = dist.pick_device(cfg.RUN.DEVICE)
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
 
 def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs, args) -> int:
     """Detect and write, batching consecutive images of the same size; returns the failures."""
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=as_is,
+    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=identity_collate,
                         num_workers=args.workers if len(paths) > 1 else 0)
     pending: list = []
     failed = 0

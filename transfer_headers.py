@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from data import config as config_lib
+from data.files import WriteError
 from models.factory import build_detector
 from models.hla_trainer import trainer_state_dict
 from models.ssl_tasks import SSL_TASKS
@@ -114,7 +115,11 @@ def transfer(checkpoint: str | Path, out_dir: str | Path, names=None) -> dict[st
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    transfer(args.checkpoint, args.out_dir, args.heads)
+    try:
+        transfer(args.checkpoint, args.out_dir, args.heads)
+    except WriteError as exc:                 # e.g. a full disk: one line, the files unchanged
+        log.error("%s", exc)
+        return 1
     return 0
 
 

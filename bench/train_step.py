@@ -7,7 +7,8 @@
 
 A step is what train.py does (data loading excluded): the trainer forward (detection forward,
 then the task images through the detector's feature mode, one pass per input size, MoCo key
-encoders, heads), the detection loss, the weighted sum, backward, SGD step. With the default
+encoders, heads), the detection loss, the weighted sum, the engine's finite-loss check,
+backward, its finite-gradient-norm check, SGD step. With the default
 tasks (JIGSAW_33, CONTRASTIVE_TARGET, TRANSFER_CONTRASTIVE) each step carries, per process,
 ``batch`` detection images plus 2 x ``ssl-batch`` puzzles and 2 x ``ssl-batch`` MoCo pairs.
 
@@ -34,6 +35,7 @@ from models.dsfd_vgg import DSFD                                             # n
 from models.hla_trainer import HLATrainer                                    # noqa: E402
 from models.inference import autocast                                        # noqa: E402
 from models.ssl_tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks  # noqa: E402
+from utils import engine                                                     # noqa: E402
 
 
 def parse_args(argv=None):
@@ -100,16 +102,19 @@ def detection_batch(n, size, faces, device, memory_format, gen):
     return x.contiguous(memory_format=memory_format), targets
 
 
-def train_step(trainer, criterion, optimizer, images, targets, batches, amp, device):
-    """One step as train.py takes it; returns the loss dict."""
+def train_step(trainer, criterion, optimizer, named_params, images, targets, batches, amp,
+               device):
+    """One step as train.py takes it, the engine's non-finite checks included; returns the
+    loss dict."""
     with autocast(device, amp):
         out, ssl_losses = trainer(images, batches)
     loss_dict = {**criterion(out, targets, tuple(images.shape[-2:])), **ssl_losses}
     loss = sum(trainer.loss_weights.get(k, 1.0) * v for k, v in loss_dict.items())
+    engine.check_loss(0, loss, loss_dict, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    engine.check_gradients(0, named_params, loss_dict)
     optimizer.step()
-    assert torch.isfinite(loss), loss_dict
     return loss_dict
 
 
@@ -165,15 +170,17 @@ def main(argv=None) -> int:
     results = {}
     for label, mode_tasks in modes:
         trainer = HLATrainer(net, mode_tasks).to(device, memory_format=memory_format).train()
-        params = [p for p in trainer.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=5e-4)
+        named_params = [(n, p) for n, p in trainer.named_parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD([p for _, p in named_params], lr=1e-6, momentum=0.9,
+                                    weight_decay=5e-4)
         batches = ssl_batches(mode_tasks, args.ssl_batch, args.jig_size, args.view_size, device,
                               memory_format, gen)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
         def step():
-            train_step(trainer, criterion, optimizer, images, targets, batches, args.amp, device)
+            train_step(trainer, criterion, optimizer, named_params, images, targets, batches,
+                       args.amp, device)
 
         sec = time_steps(step, args, device)
         flops = count_flops(step) if args.flops else float("nan")

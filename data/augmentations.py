@@ -2,6 +2,8 @@
 
 ``train_preprocess`` is the reference's ``preprocess(..., mode='train')`` step by step:
 
+0. (ours, off by default) the simulated low-light copy with probability ``lowlight_prob``
+   (:func:`maybe_low_light`),
 1. colour distortion (:func:`distort_image`),
 2. optional SSD expand (:func:`expand_image`, off by default as in the reference),
 3. data-anchor-sampling (:func:`data_anchor_sampling`) when a uniform draw exceeds
@@ -27,6 +29,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 from PIL import Image, ImageEnhance
+
+from data.lowlight import simulate_low_light
 
 # REFERENCE 6.1 step 3: PyramidBox anchor scales, area cap and interpolations.
 DAS_ANCHORS = np.array([16, 32, 64, 128, 256, 512], dtype=np.float64)
@@ -66,6 +70,36 @@ SSD_SAMPLERS = (
 def _uniform(rng: np.random.Generator, low, high, size=None):
     """``random.uniform(low, high)``, also valid for ``high < low`` (the reference relies on it)."""
     return low + (high - low) * rng.random(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 0 (ours): simulated low light
+
+
+def lowlight_rng(rng: np.random.Generator) -> np.random.Generator:
+    """A generator of its own for the low-light option, derived from ``rng``'s seed: spawning a
+    child leaves ``rng``'s stream as it was, so the other augmentations draw exactly what they
+    draw without the option. (A generator without a spawnable seed sequence seeds the child
+    with one draw of its own instead.)"""
+    try:
+        return rng.spawn(1)[0]
+    except (AttributeError, TypeError, ValueError):
+        return np.random.default_rng(int(rng.integers(2 ** 63)))
+
+
+def maybe_low_light(img, prob: float, rng: np.random.Generator):
+    """With probability ``prob``, the simulated low-light copy of ``img`` (PIL RGB image or
+    HxWx3 uint8 array; returned as the same type) by :func:`data.lowlight.simulate_low_light`
+    with its default ranges; the boxes stay valid (same size, same geometry). The decision and
+    the simulation draw from :func:`lowlight_rng`, never from ``rng``; ``prob <= 0`` draws
+    nothing."""
+    if prob <= 0:
+        return img
+    child = lowlight_rng(rng)
+    if child.random() >= prob:
+        return img
+    dark = simulate_low_light(np.ascontiguousarray(np.asarray(img)), child)
+    return Image.fromarray(dark) if isinstance(img, Image.Image) else dark
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +462,7 @@ def train_preprocess(img: Image.Image, boxes: np.ndarray, labels: np.ndarray, au
         ``m`` may be 0 (the caller then draws another image, as the reference does).
     """
     boxes, labels = _as_arrays(boxes, labels)
+    img = maybe_low_light(img, float(getattr(aug, "lowlight_prob", 0.0)), rng)
     if aug.apply_distort:
         img = distort_image(img, aug, rng)
     if aug.apply_expand:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
 
+from data.files import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A bad key or value in an override or a preset file."""
@@ -50,6 +52,9 @@ def default_config() -> EasyDict:
     C.AUG.img_mean = [104.0, 117.0, 123.0]   # BGR mean, subtracted as R-123, G-117, B-104
     C.AUG.resize_width = 640
     C.AUG.resize_height = 640
+    # ours: replace a training image by its simulated low-light copy (data/lowlight.py) with this
+    # probability (the main teacher of docs/DUAL_TEACHER.md); 0 = off, the reference
+    C.AUG.lowlight_prob = 0.0
 
     # ---- optimisation schedule (REFERENCE 2.2, 2.6; the reference's train.py arguments) ----
     C.SOLVER = EasyDict()
@@ -70,13 +75,9 @@ def default_config() -> EasyDict:
 
     # ---- anchors (REFERENCE 2.3, 3.6) ----
     C.ANCHOR = EasyDict()
-    C.ANCHOR.FEATURE_MAPS = [160, 80, 40, 20, 10, 5]   # informational: sizes come from the maps
-    C.ANCHOR.INPUT_SIZE = 640
     C.ANCHOR.STEPS = [4, 8, 16, 32, 64, 128]
     C.ANCHOR.ANCHOR_SIZES1 = [8, 16, 32, 64, 128, 256]
     C.ANCHOR.ANCHOR_SIZES2 = [16, 32, 64, 128, 256, 512]
-    C.ANCHOR.ASPECT_RATIO = [1.0]
-    C.ANCHOR.CLIP = False
     C.ANCHOR.VARIANCE = [0.1, 0.2]
 
     # ---- test-time post-processing (REFERENCE 2.4, 3.7) ----
@@ -101,7 +102,7 @@ def default_config() -> EasyDict:
     # ---- files (REFERENCE 2.4, 6.1) ----
     C.FACE = EasyDict()
     C.FACE.SRC_TRAIN_FILE = "./dataset/wider_face_train.txt"
-    C.FACE.SRC_VAL_FILE = "./dataset/wider_face_val.txt"
+    C.FACE.SRC_VAL_FILE = "./dataset/wider_face_val.txt"   # train.py's RUN.EVAL_EVERY list
     C.FACE.TAR_TRAIN_FILE = "./dataset/mf_dsfd_dark_face_train.txt"
     C.FACE.DATA_ROOT = "."              # relative image paths in list files start here
     C.FACE.OVERLAP_THRESH = 0.35
@@ -210,6 +211,10 @@ def default_config() -> EasyDict:
     C.YUNET.KPS_BETA = 0.1111111111111111
     C.YUNET.CROP_CHOICE = [0.5, 0.7, 0.9, 1.1, 1.3, 1.5]   # RandomSquareCrop (yunet_s: 0.3..1.0)
     C.YUNET.INPUT_SIZE = 640            # training resize (square)
+    C.YUNET.FLIP_RATIO = 0.5            # RandomFlip (horizontal, landmarks swapped left/right)
+    C.YUNET.BOX_LOSS = "eiou"           # eiou (released configs) | diou (what yunet_s.pth used)
+    C.YUNET.SCORE = "sqrt"              # sqrt(cls*obj), deployed | product: mmdet's test score
+    C.YUNET.NMS_BOXES = "opencv"        # opencv: NMS on int x,y,w,h (FaceDetectorYN) | float
 
     # ---- RetinaFace (biubug6/Pytorch_Retinaface cfg_mnet / cfg_re50); MODEL.NAME=retinaface_* ----
     C.RETINAFACE = EasyDict()
@@ -221,7 +226,12 @@ def default_config() -> EasyDict:
     C.RETINAFACE.OVERLAP_THRESH = 0.35
     C.RETINAFACE.NEG_POS = 7
     C.RETINAFACE.IMAGE_SIZE = 640       # training crop size (840 for ResNet-50)
-    C.RETINAFACE.KEEP_TOP_K = 750
+    C.RETINAFACE.KEEP_TOP_K = 750       # detections kept after NMS (detect.py); <= 0: all
+    C.RETINAFACE.MATCH_MIN_IOU = 0.2    # faces whose best prior IoU is lower are not forced
+    C.RETINAFACE.CROP_SCALES = [0.3, 0.45, 0.6, 0.8, 1.0]   # square crop side / short side
+    C.RETINAFACE.MIN_FACE_PX = 0.0      # crop keeps faces with min(w+1, h+1) at IMAGE_SIZE > this
+    C.RETINAFACE.ANNOTATION_FORMAT = "auto"   # data.annotations format of the training file
+    C.RETINAFACE.IMAGE_ROOT = ""        # '' = the format's layout (wider: FACE.DATA_ROOT)
 
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
@@ -235,6 +245,8 @@ def default_config() -> EasyDict:
     C.RUN.LOG_EVERY = 10
     C.RUN.CKPT_EVERY = 2500
     C.RUN.KEEP_CKPTS = 0                # 0 keeps every periodic checkpoint
+    C.RUN.EVAL_EVERY = 0                # train.py: AP on FACE.SRC_VAL_FILE every N steps; 0 = off
+    C.RUN.EVAL_IMAGES = 0               # evaluate the first N images of that list; 0 = all
     C.RUN.TENSORBOARD = True
     C.RUN.DDP_BACKEND = "auto"          # auto: nccl on CUDA, gloo otherwise
     return C
@@ -332,6 +344,22 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def _yaml_loader():
+    """PyYAML's SafeLoader reading floats as YAML 1.2 does: ``1e-3`` is a number (YAML 1.1,
+    PyYAML's default, wants ``1.0e-3`` and reads ``1e-3`` as the string "1e-3")."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
 def apply_preset(cfg: EasyDict, path: str | Path) -> EasyDict:
     """Merge a YAML or JSON preset (nested like the tree, or flat dotted keys)."""
     path = Path(path)
@@ -343,7 +371,7 @@ def apply_preset(cfg: EasyDict, path: str | Path) -> EasyDict:
             tree = json.loads(text)
         else:
             import yaml
-            tree = yaml.safe_load(text) or {}
+            tree = yaml.load(text, Loader=_yaml_loader()) or {}
     except Exception as exc:             # noqa: BLE001 - any parser error becomes one message
         raise ConfigError(f"preset file {path} could not be parsed: {exc}") from exc
     if not isinstance(tree, Mapping):
@@ -411,6 +439,6 @@ def to_dict(cfg: Mapping) -> dict:
 
 
 def dump(cfg: Mapping, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
+    """Write the resolved config as YAML, atomically."""
     import yaml
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(yaml.safe_dump(to_dict(cfg), sort_keys=False), path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+from data.image_folder import IMAGE_EXTENSIONS
 
 
 def image_id(path: str | Path) -> str:

@@ -1,22 +1,25 @@
-"""Folder-to-folder image jobs: listing, mirroring, resumable skipping and atomic writes.
+"""Folder-to-folder image jobs: listing, mirroring, resumable skipping, reading and writing.
 
 The low-level tools (enhancement, blurring, noise synthesis) all read a folder of images and
 write one output per input. A job is a list of ``(source, destination)`` pairs; outputs are
-written to a temporary file in the destination folder and renamed into place, so an output that
-exists is complete, and an interrupted run resumes by skipping the pairs already done.
+written atomically (:mod:`data.files`), so an output that exists is complete, and an interrupted
+run resumes by skipping the pairs already done.
+
+This module holds the project's one list of image extensions and its one image decoder
+(:func:`load_rgb` / :func:`read_rgb`, with :data:`UNREADABLE`, what a bad file raises).
 """
 from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from data.files import remove_stale_temps, write_bytes_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,21 @@ def default_output(input_dir: str | Path, old: str = "images", new: str = "image
     return None
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8 RGB decoded with PIL (the reference's reader); raises OSError/ValueError on a
-    corrupt or truncated file."""
+# What a missing, truncated or corrupt image file can raise while decoding.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully (so a truncated file fails here, raising one of
+    :data:`UNREADABLE`) and convert it to RGB with PIL (the reference's reader)."""
     with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+        im.load()
+        return im.convert("RGB")
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """HxWx3 uint8 RGB of :func:`load_rgb`."""
+    return np.array(load_rgb(path))
 
 
 def encode_image(rgb: np.ndarray, suffix: str, jpeg_quality: int = JPEG_QUALITY) -> bytes:
@@ -96,34 +109,8 @@ def through_file(rgb: np.ndarray, suffix: str, jpeg_quality: int = JPEG_QUALITY)
         return np.array(im.convert("RGB"))
 
 
-def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_image_atomic(rgb: np.ndarray, path: str | Path, jpeg_quality: int = JPEG_QUALITY
                        ) -> Path:
     """Save HxWx3 uint8 RGB to ``path`` (format from the extension) atomically."""
     path = Path(path)
     return write_bytes_atomic(encode_image(rgb, path.suffix, jpeg_quality), path)
-
-
-def remove_stale_temps(folder: str | Path) -> int:
-    """Delete temporary files left by an interrupted run (``.<name>.*.tmp``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)

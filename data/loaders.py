@@ -1,4 +1,4 @@
-"""DataLoaders for training, built from the config."""
+"""DataLoaders built from the config, and the DataLoader helpers every tool shares."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +6,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from data.files import resolve_path
 from data.samplers import ResumableSampler
-from data.widerface import WIDERDetection, detection_collate
-from utils.runs import resolve_path  # noqa: F401  (re-exported for the tools)
+from data.detection_datasets import build_train_dataset
+from data.widerface import detection_collate
+
+
+def identity_collate(sample):
+    """Collate for ``DataLoader(batch_size=None)`` over datasets that already return what the
+    consumer wants (one decoded image and its index, say): pass it through unchanged."""
+    return sample
 
 
 def require_file(path: str, key: str) -> Path:
@@ -20,10 +27,11 @@ def require_file(path: str, key: str) -> Path:
 
 def build_detection_loader(cfg, local_batch: int, rank: int, world: int,
                            pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
-    """The WIDER detection loader (REFERENCE 6.1): shuffled, no drop_last, one shard per rank."""
+    """The labelled detection loader: shuffled, no drop_last, one shard per rank, with the
+    augmentation of MODEL.NAME (data/detection_datasets.py; DSFD: the reference's WIDER
+    loader)."""
     list_file = require_file(cfg.FACE.SRC_TRAIN_FILE, "FACE.SRC_TRAIN_FILE")
-    dataset = WIDERDetection(str(list_file), cfg.AUG, root=cfg.FACE.DATA_ROOT, train=True,
-                             seed=cfg.RUN.SEED)
+    dataset = build_train_dataset(cfg, list_file, cfg.FACE.DATA_ROOT, cfg.RUN.SEED)
     sampler = ResumableSampler(len(dataset), cfg.SOLVER.BATCH_SIZE, shuffle=True,
                                seed=cfg.RUN.SEED, rank=rank, world=world)
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,

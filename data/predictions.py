@@ -55,11 +55,6 @@ class ImageFiles(Dataset):
             return self.paths[i], None, str(exc)
 
 
-def as_is(sample):
-    """Identity collate for ``DataLoader(batch_size=None)``."""
-    return sample
-
-
 def format_detections(dets: np.ndarray) -> str:
     """``x1 y1 x2 y2 score [landmarks]`` lines of float64 values, written as the reference
     writes them (Python's shortest round-trip repr)."""

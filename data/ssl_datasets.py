@@ -32,6 +32,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from data.augmentations import distort_image, normalize_image
+from data.files import resolve_path
 from data.permutations import PERMUTATIONS
 from data.samplers import ResumableSampler
 from data.widerface import MAX_DRAWS, UNREADABLE, Record, load_rgb, parse_list_file
@@ -411,8 +412,8 @@ def ssl_collate(batch):
 
 
 def resolve(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else Path.cwd() / p
+    """A config path, absolute (so the errors below name the full path)."""
+    return resolve_path(path).absolute()
 
 
 def load_records(list_file: str, root: str, key: str) -> list[Record]:

@@ -6,9 +6,10 @@ A list file has one image a line, whitespace-separated::
 
 in pixels, top-left + size. :func:`parse_list_file` reads it as the reference does (boxes with
 ``w <= 0`` or ``h <= 0`` dropped, images left without a box dropped) but refuses malformed lines
-with the file name and line number. :class:`WIDERDetection` serves augmented samples that are a
-pure function of ``(seed, epoch, index)``: resume and the number of DataLoader workers do not
-change what the network sees.
+(including labels other than 1 and bytes that are not UTF-8) with the file name and line
+number. :class:`WIDERDetection` serves augmented samples that are a pure function of
+``(seed, epoch, index)``: resume and the number of DataLoader workers do not change what the
+network sees.
 """
 from __future__ import annotations
 
@@ -18,15 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from data.augmentations import train_preprocess, val_preprocess
+from data.image_folder import UNREADABLE, load_rgb  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 # Consecutive unusable draws after which a sample gives up (only reachable when almost every
 # image of the list is missing or unreadable).
 MAX_DRAWS = 1000
+# The one label a list file may give a box: 1 = face (NUM_CLASSES = 2 with the background).
+# Any other value would silently train the background class or index past the classifier.
+FACE_LABEL = 1
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -58,6 +63,10 @@ def _parse_line(tokens: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{where}: non-finite box value")
     if not (values[:, 4] == np.round(values[:, 4])).all():
         raise ValueError(f"{where}: labels must be integers")
+    bad = values[:, 4] != FACE_LABEL
+    if bad.any():
+        raise ValueError(f"{where}: label {values[bad, 4][0]:g} is not the face label "
+                         f"{FACE_LABEL}")
     boxes = values[:, :4].copy()
     boxes[:, 2:] += boxes[:, :2]
     return boxes, values[:, 4].astype(np.int64)
@@ -77,27 +86,33 @@ def parse_list_file(path: str | Path, root: str | Path = ".",
         raise FileNotFoundError(f"list file {path} does not exist")
     root = Path(root)
     records = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            boxes, labels = _parse_line(tokens, f"{path}, line {number}")
-            valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            if valid.any() or keep_empty:
-                records.append(Record(str(root / tokens[0]), boxes[valid], labels[valid], number))
+    for number, line in enumerate(read_list_lines(path), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        boxes, labels = _parse_line(tokens, f"{path}, line {number}")
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if valid.any() or keep_empty:
+            records.append(Record(str(root / tokens[0]), boxes[valid], labels[valid], number))
     return records
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image fully (so a truncated file fails here) and convert it to RGB."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
-
-
-# What a missing, truncated or corrupt image file can raise while decoding.
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+def read_list_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (LF, CRLF or CR ends, as Python's text mode reads them).
+    A leading UTF-8 BOM is dropped (editors on Windows add one; it would otherwise become part
+    of the first image path); bytes that are not UTF-8 raise ``ValueError`` naming the file and
+    the line."""
+    data = path.read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        line = head.count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 "
+                         f"(save the list file as UTF-8)") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 class WIDERDetection(torch.utils.data.Dataset):

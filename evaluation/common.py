@@ -161,6 +161,39 @@ def sort_by_score(boxes: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Reading text files
 # ---------------------------------------------------------------------------------------------
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (``str.splitlines``). A leading UTF-8 BOM is dropped;
+    bytes that are not UTF-8 raise ValueError naming ``file:line``."""
+    data = Path(path).read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = len(data[:exc.start].decode("utf-8").splitlines()) or 1
+        if data[:exc.start].endswith((b"\n", b"\r")):
+            line += 1
+        raise ValueError(f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 (save the "
+                         f"file as UTF-8)") from None
+
+
+def no_prediction_files(pred_dir: Path, total: int, layout: str, example: Path,
+                        allow_missing: bool) -> None:
+    """Raise when none of the ``total`` images has its prediction file (a wrong folder layout,
+    not a detector that found nothing: test.py writes a file per image, empty or not), unless
+    ``allow_missing``."""
+    if allow_missing or total == 0:
+        return
+    found = sum(1 for _ in zip(range(1000), pred_dir.rglob("*.txt")))
+    raise FileNotFoundError(
+        f"none of the {total} images has a prediction file in {pred_dir}: expected the layout "
+        f"{layout}, e.g. {example} ({found if found < 1000 else '1000+'} .txt files found "
+        f"there in other places). Fix the folder, or pass --allow-missing to score missing "
+        f"files as images without detections")
+
 def parse_rows(lines: Sequence[str], path: str | Path, first_line: int, num_cols: int
                ) -> np.ndarray:
     """Parse ``lines`` the way the tools' ``str2num`` does, into an (n, num_cols) float64 array.
@@ -183,7 +216,8 @@ def parse_rows(lines: Sequence[str], path: str | Path, first_line: int, num_cols
         return rows
     except ValueError:
         pass
-    # Slow path, only to name the offending line.
+    # Slow path: name the offending line (and parse what numpy alone would refuse)
+    rows = []
     for offset, (line, toks) in enumerate(zip(lines, tokens)):
         try:
             values = [float(t) for t in toks[:num_cols]]
@@ -192,7 +226,8 @@ def parse_rows(lines: Sequence[str], path: str | Path, first_line: int, num_cols
         if len(values) < num_cols or not np.isfinite(values).all():
             raise ValueError(f"{path}:{first_line + offset}: expected {num_cols} finite numbers, "
                              f"got {line.strip()!r}")
-    raise AssertionError("unreachable: fast path failed but every line parsed")
+        rows.append(values)
+    return np.array(rows, dtype=np.float64)
 
 
 def parse_count(line: str, path: str | Path, line_no: int) -> int:

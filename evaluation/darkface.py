@@ -27,8 +27,9 @@ from typing import Iterable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.common import (first_occurrence, normalize_scores, parse_count, parse_rows,
-                               pr_curve, score_range, sort_by_score, threshold_counts, voc_ap)
+from evaluation.common import (first_occurrence, no_prediction_files, normalize_scores,
+                               parse_count, parse_rows, pr_curve, read_lines, score_range,
+                               sort_by_score, threshold_counts, voc_ap)
 
 IOU_THRESHOLD = 0.5
 
@@ -40,7 +41,7 @@ def _natural_key(name: str):
 def read_id_list(path: str | Path) -> list[str]:
     """Image ids, one per line (``5701`` or ``5701.png``); blank lines are skipped."""
     ids = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_lines(path):
         line = line.strip()
         if line:
             ids.append(os.path.splitext(line)[0])
@@ -49,7 +50,7 @@ def read_id_list(path: str | Path) -> list[str]:
 
 def read_darkface_gt_file(path: str | Path) -> np.ndarray:
     """(N, 4) float64 corner boxes of one GT file (count line, then N box lines)."""
-    lines = Path(path).read_text().splitlines()
+    lines = read_lines(path)
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}:1: expected the face count on the first line")
     count = parse_count(lines[0], path, 1)
@@ -83,7 +84,7 @@ def read_darkface_pred_file(path: str | Path) -> np.ndarray:
 
     Every non-blank line is one box (blank lines, e.g. a trailing one, are skipped).
     """
-    lines = Path(path).read_text().splitlines()
+    lines = read_lines(path)
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     if not numbered:
         return np.zeros((0, 5), dtype=np.float64)
@@ -94,9 +95,10 @@ def read_darkface_pred_file(path: str | Path) -> np.ndarray:
     return sort_by_score(rows)
 
 
-def load_darkface_preds(pred_dir: str | Path, ids: Iterable[str], progress: bool = False
-                        ) -> dict[str, np.ndarray]:
-    """Prediction rows for each id; a missing file gives an empty array (one warning in all)."""
+def load_darkface_preds(pred_dir: str | Path, ids: Iterable[str], progress: bool = False,
+                        allow_missing: bool = False) -> dict[str, np.ndarray]:
+    """Prediction rows for each id; a missing file gives an empty array (one warning in all).
+    When no id has a file at all (a wrong layout) FileNotFoundError, unless ``allow_missing``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"DARK FACE prediction folder not found: {pred_dir}")
@@ -109,6 +111,10 @@ def load_darkface_preds(pred_dir: str | Path, ids: Iterable[str], progress: bool
         else:
             preds[image_id] = np.zeros((0, 5), dtype=np.float64)
             missing += 1
+    if missing == len(ids):
+        no_prediction_files(pred_dir, len(ids), "<pred>/<image id>.txt (test.py --format "
+                            "darkface)", pred_dir / f"{ids[0]}.txt" if ids else pred_dir,
+                            allow_missing)
     if missing:
         warnings.warn(f"{missing} of {len(ids)} images have no prediction file in {pred_dir}; "
                       "they count as images with no predictions", stacklevel=2)
@@ -172,13 +178,17 @@ def evaluate_darkface_boxes(gt: Mapping[str, np.ndarray], preds: Mapping[str, np
 
 
 def evaluate_darkface(gt_dir: str | Path, pred_dir: str | Path,
-                      ids: Iterable[str] | None = None, progress: bool = False) -> dict:
+                      ids: Iterable[str] | None = None, progress: bool = False,
+                      allow_missing: bool = False) -> dict:
     """Evaluate the prediction folder ``pred_dir`` against the GT folder ``gt_dir``.
 
     ``ids`` restricts the evaluation (and the score normalisation) to those images, e.g. the
-    500-image held-out split; by default every ``*.txt`` of ``gt_dir`` is used.
+    500-image held-out split; by default every ``*.txt`` of ``gt_dir`` is used. A folder in
+    which no GT image has its prediction file raises FileNotFoundError (``allow_missing``: score
+    it as no detections).
     Returns ``dict(ap=float, precision=(1000,), recall=(1000,))``.
     """
     gt = load_darkface_gt(gt_dir, ids)
-    preds = load_darkface_preds(pred_dir, gt.keys(), progress=progress)
+    preds = load_darkface_preds(pred_dir, gt.keys(), progress=progress,
+                                allow_missing=allow_missing)
     return evaluate_darkface_boxes(gt, preds, progress=progress)

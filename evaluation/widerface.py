@@ -29,8 +29,9 @@ import numpy as np
 import scipy.io as sio
 from tqdm import tqdm
 
-from evaluation.common import (first_occurrence, normalize_scores, parse_count, parse_rows,
-                               pr_curve, score_range, sort_by_score, threshold_counts, voc_ap)
+from evaluation.common import (first_occurrence, no_prediction_files, normalize_scores,
+                               parse_count, parse_rows, pr_curve, read_lines, score_range,
+                               sort_by_score, threshold_counts, voc_ap)
 
 SETTINGS = ("easy", "medium", "hard")
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
@@ -112,7 +113,7 @@ def read_widerface_pred_file(path: str | Path) -> np.ndarray:
     Line 1 (image name) is ignored, line 2 is the count, the next ``count`` lines are boxes and
     anything after them is ignored, as in ``read_pred.m``. An empty file has no boxes.
     """
-    lines = Path(path).read_text().splitlines()
+    lines = read_lines(path)
     if not any(line.strip() for line in lines):
         return np.zeros((0, 5), dtype=np.float64)
     if len(lines) < 2:
@@ -124,9 +125,11 @@ def read_widerface_pred_file(path: str | Path) -> np.ndarray:
     return sort_by_score(parse_rows(lines[2:2 + count], path, 3, 5))
 
 
-def load_widerface_preds(pred_dir: str | Path, gt: WiderGT, progress: bool = False
-                         ) -> list[np.ndarray]:
-    """Prediction rows of every GT image; a missing file gives an empty array (one warning)."""
+def load_widerface_preds(pred_dir: str | Path, gt: WiderGT, progress: bool = False,
+                         allow_missing: bool = False) -> list[np.ndarray]:
+    """Prediction rows of every GT image; a missing file gives an empty array (one warning).
+    When no image has a file at all (a wrong layout) FileNotFoundError, unless
+    ``allow_missing``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"WIDER FACE prediction folder not found: {pred_dir}")
@@ -139,6 +142,10 @@ def load_widerface_preds(pred_dir: str | Path, gt: WiderGT, progress: bool = Fal
         else:
             preds.append(np.zeros((0, 5), dtype=np.float64))
             missing += 1
+    if missing == len(gt):
+        example = pred_dir / gt.events[0] / f"{gt.names[0]}.txt" if len(gt) else pred_dir
+        no_prediction_files(pred_dir, len(gt), "<pred>/<event>/<image name>.txt (test.py "
+                            "--format wider)", example, allow_missing)
     if missing:
         warnings.warn(f"{missing} of {len(gt)} images have no prediction file in {pred_dir}; "
                       "they count as images with no predictions", stacklevel=2)
@@ -270,12 +277,14 @@ def evaluate_widerface_boxes(gt: WiderGT, preds: list[np.ndarray], progress: boo
     return result
 
 
-def evaluate_widerface(gt_dir: str | Path, pred_dir: str | Path, progress: bool = False
-                       ) -> dict:
+def evaluate_widerface(gt_dir: str | Path, pred_dir: str | Path, progress: bool = False,
+                       allow_missing: bool = False) -> dict:
     """Evaluate ``pred_dir/<event>/<name>.txt`` against the official .mat files in ``gt_dir``.
+    A folder in which no GT image has its prediction file raises FileNotFoundError
+    (``allow_missing``: score it as no detections).
 
     Returns ``dict(easy=AP, medium=AP, hard=AP, curves={setting: dict(precision, recall)})``.
     """
     gt = load_widerface_gt(gt_dir)
-    preds = load_widerface_preds(pred_dir, gt, progress=progress)
+    preds = load_widerface_preds(pred_dir, gt, progress=progress, allow_missing=allow_missing)
     return evaluate_widerface_boxes(gt, preds, progress=progress)

@@ -35,12 +35,18 @@ from utils import dist
 Size = tuple[int, int]
 
 
+def _box_rows(t: Tensor) -> Tensor:
+    """[n, 5] box-and-label rows of a target ([n, 5], [n, 15] or an empty tensor)."""
+    return (t if t.dim() == 2 else t.reshape(-1, 5))[:, :5]
+
+
 def pad_targets(targets: Sequence[Tensor], device) -> tuple[Tensor, Tensor]:
-    """List of [n_i, 5] (x1, y1, x2, y2, label) -> padded [B, M, 5] and validity mask [B, M]."""
+    """List of [n_i, 5] (x1, y1, x2, y2, label) -> padded [B, M, 5] and validity mask [B, M].
+    Targets with landmark columns ([n_i, 15]) give their first five columns."""
     counts = torch.tensor([len(t) for t in targets], device=device)
     m = max(int(counts.max()) if len(targets) else 0, 1)
     padded = torch.nn.utils.rnn.pad_sequence(
-        [t.to(device=device, dtype=torch.float32).reshape(-1, 5) for t in targets],
+        [_box_rows(t.to(device=device, dtype=torch.float32)) for t in targets],
         batch_first=True) if len(targets) else torch.zeros(0, 1, 5, device=device)
     if padded.shape[1] < m:
         padded = F.pad(padded, (0, 0, 0, m - padded.shape[1]))
@@ -155,13 +161,40 @@ def _best_face_on_level(grid: _LevelGrid, truths: Tensor, g_area: Tensor, ih: Te
     out_idx.copy_(first.masked_fill_(first == big, 0).view_as(out_idx))
 
 
+IGNORE_LABEL = -1      # a target row to ignore (a low-confidence pseudo box): docs/DUAL_TEACHER.md
+
+
+def ignore_rows_first(truths: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Reorder each image's rows [B, M, C] (and ``valid`` [B, M]) so that ignore rows come
+    first, the others keeping their order. The match forces each row's best anchor and the
+    last row wins a shared one: this way a face keeps its forced anchor against an ignore box."""
+    order = torch.argsort((truths[..., 4] != IGNORE_LABEL).to(torch.int8), dim=1, stable=True)
+    return truths.gather(1, order[..., None].expand_as(truths)), valid.gather(1, order)
+
+
+def ignored_anchors(pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Split the matched anchors ``pos`` [B, P] by the label of their row (``labels`` [B, P],
+    gathered by the match): those matched to an ignore row (label -1) become ``ignore``, neither
+    positive nor available as mined negatives; returns ``(ignore, pos without them)``.
+
+    Ignore rows are matched exactly like faces (IoU >= the threshold, and each row's best anchor
+    forced, faces winning a shared forced anchor: :func:`ignore_rows_first`), so an anchor is
+    ignored when its best match among *all* rows is an ignore box. Only used when a batch has
+    ignore rows: without them the loss is the reference's, bit for bit.
+    """
+    ignore = pos & (labels == IGNORE_LABEL)
+    return ignore, pos & ~ignore
+
+
 class MultiBoxLoss(nn.Module):
     """Localisation and confidence losses of one shot (REFERENCE 4).
 
     ``forward(loc [B,P,4], conf [B,P,C], priors [P,4], targets, feature_sizes)`` returns
     ``(loss_l, loss_c)``. Under DDP the sums are normalised by the positives of the *global*
     batch (times the world size, since DDP averages gradients), so a step equals the
-    single-process step on the same global batch (docs/DECISIONS.md).
+    single-process step on the same global batch (docs/DECISIONS.md). Target rows labelled -1
+    are ignore regions (:func:`ignored_anchors`): their anchors count neither as positives nor
+    as negatives.
     """
 
     def __init__(self, overlap_thresh: float = 0.35, neg_pos_ratio: int = 3,
@@ -175,9 +208,15 @@ class MultiBoxLoss(nn.Module):
         loc, conf = loc.float(), conf.float()
         B, P = conf.shape[:2]
         truths, valid = targets if isinstance(targets, tuple) else pad_targets(targets, loc.device)
+        has_ignore = bool((valid & (truths[..., 4] == IGNORE_LABEL)).any())
+        if has_ignore:
+            truths, valid = ignore_rows_first(truths, valid)
         best_idx, pos = match_anchors(truths[..., :4], valid, priors, feature_sizes,
                                       self.threshold)
         labels = truths[..., 4].long().gather(1, best_idx)          # [B, P]
+        ignore = None
+        if has_ignore:
+            ignore, pos = ignored_anchors(pos, labels)
         conf_t = torch.where(pos, labels, torch.zeros_like(labels))
         num_pos = pos.sum(1)                                         # [B]
 
@@ -188,7 +227,7 @@ class MultiBoxLoss(nn.Module):
         loss_l = F.smooth_l1_loss(loc[b_idx, p_idx], loc_t, reduction="sum")
 
         # hard negative mining: the num_neg highest-loss non-positives of each image
-        neg = self._hard_negatives(conf, conf_t, pos, num_pos)
+        neg = self._hard_negatives(conf, conf_t, pos, num_pos, ignore)
         chosen = pos | neg
         loss_c = F.cross_entropy(conf[chosen], conf_t[chosen], reduction="sum")
 
@@ -204,10 +243,13 @@ class MultiBoxLoss(nn.Module):
         return loss_l * scale / n, loss_c * scale / n
 
     @torch.no_grad()
-    def _hard_negatives(self, conf: Tensor, conf_t: Tensor, pos: Tensor, num_pos: Tensor):
+    def _hard_negatives(self, conf: Tensor, conf_t: Tensor, pos: Tensor, num_pos: Tensor,
+                        ignore: Tensor | None = None):
         P = conf.shape[1]
         mining = torch.logsumexp(conf, -1) - conf.gather(-1, conf_t[..., None]).squeeze(-1)
         mining.masked_fill_(pos, 0.0)                                # [B, P]
+        if ignore is not None:                                       # ranked last, never kept
+            mining.masked_fill_(ignore, -float("inf"))
         num_neg = (self.neg_pos_ratio * num_pos).clamp(max=P - 1)    # [B]
         k = int(num_neg.max())
         neg = torch.zeros_like(pos)
@@ -215,6 +257,8 @@ class MultiBoxLoss(nn.Module):
             top = mining.topk(k, dim=1).indices                      # [B, k]
             keep = torch.arange(k, device=conf.device)[None, :] < num_neg[:, None]
             neg.scatter_(1, top, keep)
+        if ignore is not None:
+            neg &= ~ignore
         return neg
 
 

@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class HLATrainer(nn.Module):
-    def __init__(self, net: nn.Module, tasks: Sequence = ()):
+    def __init__(self, net: nn.Module, tasks: Sequence = (), ssl_bgr: bool = False):
         super().__init__()
         self.net = net
         self.tasks = list(tasks)                    # plain objects, not sub-modules
+        # the task loaders make RGB tensors; a BGR detector reads them with channels flipped
+        self.ssl_bgr = ssl_bgr
         for task in self.tasks:
             setattr(self, task.attr, task.build_module(net))
 
@@ -45,6 +47,8 @@ class HLATrainer(nn.Module):
         return out, self.ssl_losses(ssl_batches or {})
 
     def ssl_losses(self, batches: Mapping) -> dict[str, Tensor]:
+        if self.ssl_bgr:
+            batches = {k: [t.flip(1) if t.dim() == 4 else t for t in v] for k, v in batches.items()}
         queries = [task.query_images(batches) for task in self.tasks]
         feats = self.features([x for q in queries for x in q])
         losses, i = {}, 0

@@ -10,7 +10,8 @@ import data.ssl_datasets as sd
 from data.config import default_config
 from data.permutations import JIGSAW_4, JIGSAW_33, PERMUTATIONS
 from data.widerface import parse_list_file
-from models.ssl_tasks import DataSources, build_ssl_loaders, build_tasks
+from data.ssl_tasks import DataSources, build_ssl_loaders
+from models.ssl_tasks import build_tasks
 from tests.ssl_helpers import make_ssl_data
 
 # Appendix B of REFERENCE.md, typed out: "class: perm[class]"

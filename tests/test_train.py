@@ -57,7 +57,9 @@ def test_resume_continues_exactly(data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, caplog):
-    class PoisonedLoss(train.ProgressiveAnchorLoss):
+    from layers.multibox_loss import ProgressiveAnchorLoss
+
+    class PoisonedLoss(ProgressiveAnchorLoss):
         calls = 0
 
         def forward(self, *args, **kwargs):
@@ -67,7 +69,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
                 losses["conf_pal2"] = losses["conf_pal2"] * float("nan")
             return losses
 
-    monkeypatch.setattr(train, "ProgressiveAnchorLoss", PoisonedLoss)
+    monkeypatch.setattr(train, "build_criterion", lambda cfg: PoisonedLoss(
+        cfg.ANCHOR, cfg.FACE.OVERLAP_THRESH, cfg.LOSS.NEG_POS_RATIOS))
     rc = train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 5,
                                                             "RUN.CKPT_EVERY": 2,
                                                             "SOLVER.OPTIMIZER": "adamw"}))

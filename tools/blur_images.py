@@ -32,9 +32,11 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
-from data.image_folder import (list_image_files, mirror_pairs, pending, read_rgb,  # noqa: E402
-                               remove_stale_temps, write_image_atomic)
-from data.loaders import resolve_path  # noqa: E402
+from data.config_check import validate  # noqa: E402
+from data.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
+                               pending, read_rgb, write_image_atomic)
+from data.loaders import identity_collate  # noqa: E402
 from data.noise_synthesis import blur, image_seed, make_h_blur  # noqa: E402
 
 log = logging.getLogger("blur_images")
@@ -54,7 +56,7 @@ class BlurJob(Dataset):
         src, dst = self.pairs[i]
         try:
             rgb = read_rgb(src)
-        except (OSError, ValueError) as exc:
+        except UNREADABLE as exc:
             return i, f"{type(exc).__name__}: {exc}"
         n = self.noise
         if self.mode == "el":
@@ -64,10 +66,6 @@ class BlurJob(Dataset):
             out = make_h_blur(rgb, n.GAUSS_SIGMA, n.BILATERAL, n.MEDIAN, n.PAD, rng)
         write_image_atomic(out, dst)
         return i, ""
-
-
-def _as_is(sample):
-    return sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,7 +86,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.opts)
+    try:
+        return run(args)
+    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
+        log.error("%s", exc)
+        return 1
+
+
+def run(args) -> int:
+    cfg = validate(config_lib.load_config(args.config, args.opts))
     in_key, out_key = (("ENHANCE.ENHANCED_DIR", "NOISE.BLUR_DIR") if args.mode == "el"
                        else ("NOISE.WIDER_DIR", "NOISE.WIDER_BLUR_DIR"))
     section, name = in_key.split(".")
@@ -102,7 +108,8 @@ def main(argv=None) -> int:
     log.info("%s blur: %d images in %s, %d already done, writing to %s", args.mode, len(pairs),
              in_dir, len(pairs) - len(todo), out_dir)
     loader = DataLoader(BlurJob(todo, args.mode, cfg.NOISE, cfg.RUN.SEED), batch_size=None,
-                        collate_fn=_as_is, num_workers=args.workers if len(todo) > 1 else 0)
+                        collate_fn=identity_collate,
+                        num_workers=args.workers if len(todo) > 1 else 0)
     failed = []
     for i, error in tqdm(loader, total=len(todo), desc=f"blur ({args.mode})", unit="img"):
         if error:

@@ -42,7 +42,7 @@ from data.image_folder import read_rgb  # noqa: E402
 from evaluation.common import PRCurve, plot_pr_curves  # noqa: E402
 from evaluation.darkface import evaluate_darkface, read_darkface_gt_file  # noqa: E402
 from tools import (blur_images, enhance_images, make_demo_data, make_pseudo_boxes,  # noqa: E402
-                   synthesize_noise, train_enhancer, train_noise)
+                   synthesize_noise)
 from utils.logger import setup_logging  # noqa: E402
 from utils.visualize import draw_detections, grid  # noqa: E402
 
@@ -102,10 +102,10 @@ class Demo:
     def train_enhancer(self) -> Path:
         weights = self.runs / "enhancer" / "enhancer_final.pth"
         if not weights.is_file():
-            train_enhancer.main([f"ENHANCE.TRAIN_DIR={self.dark / 'images' / 'train'}",
-                                 "ENHANCE.EPOCHS=2", "ENHANCE.SIZE=128",
-                                 f"RUN.OUTPUT_DIR={self.runs}", "RUN.NAME=enhancer",
-                                 "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False"])
+            self._run("tools/train_enhancer.py", [
+                "--resume", "auto", f"ENHANCE.TRAIN_DIR={self.dark / 'images' / 'train'}",
+                "ENHANCE.EPOCHS=2", "ENHANCE.SIZE=128", f"RUN.OUTPUT_DIR={self.runs}",
+                "RUN.NAME=enhancer", "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False"], weights)
         enhance_images.main(["--weights", str(weights), "--input",
                              str(self.dark / "images" / "train"), "--output",
                              str(self.dark / "images_enhanced" / "train"), "--workers", "0"])
@@ -119,9 +119,10 @@ class Demo:
         keys = [f"ENHANCE.ENHANCED_DIR={enhanced}", f"NOISE.BLUR_DIR={blurred}"]
         blur_images.main(["--mode", "el", *keys])
         if not generator.is_file():
-            train_noise.main([*keys, "NOISE.EPOCHS=1", "NOISE.EPOCHS_DECAY=1", "NOISE.NGF=16",
-                              "NOISE.NDF=16", f"RUN.OUTPUT_DIR={self.runs}", "RUN.NAME=noise",
-                              "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False"])
+            self._run("tools/train_noise.py", [
+                "--resume", "auto", *keys, "NOISE.EPOCHS=1", "NOISE.EPOCHS_DECAY=1",
+                "NOISE.NGF=16", "NOISE.NDF=16", f"RUN.OUTPUT_DIR={self.runs}", "RUN.NAME=noise",
+                "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False"], generator)
         synthesize_noise.main(["--weights", str(generator), "--workers", str(self.args.workers),
                                f"NOISE.WIDER_DIR={self.data / 'WIDER_train' / 'images'}",
                                f"NOISE.OUT_DIR={noise_out}"])
@@ -152,9 +153,14 @@ class Demo:
         return final
 
     def _train(self, argv: list[str], final: Path) -> None:
-        rc = run_entry("train.py", ["--resume", "auto", *argv])
+        self._run("train.py", ["--resume", "auto", *argv], final)
+
+    @staticmethod
+    def _run(script: str, argv: list[str], final: Path) -> None:
+        """A trainer as its own process; it must leave ``final`` behind."""
+        rc = run_entry(script, argv)
         if rc != 0 or not final.is_file():
-            raise SystemExit(f"training failed (exit code {rc}); see {final.parent / 'log.txt'}")
+            raise SystemExit(f"{script} failed (exit code {rc}); see {final.parent / 'log.txt'}")
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -33,10 +33,12 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
+from data.config_check import validate  # noqa: E402
 from data import enhance_baselines as baselines  # noqa: E402
-from data.image_folder import (default_output, list_image_files, mirror_pairs,  # noqa: E402
-                               pending, read_rgb, remove_stale_temps, write_image_atomic)
-from data.loaders import resolve_path  # noqa: E402
+from data.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from data.image_folder import (UNREADABLE, default_output, list_image_files,  # noqa: E402
+                               mirror_pairs, pending, read_rgb, write_image_atomic)
+from data.loaders import identity_collate  # noqa: E402
 from models.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer  # noqa: E402
 from utils import dist  # noqa: E402
 
@@ -57,15 +59,11 @@ class SourceImages(Dataset):
     def __getitem__(self, i):
         try:
             rgb = read_rgb(self.paths[i])
-        except (OSError, ValueError) as exc:
+        except UNREADABLE as exc:
             return i, None, f"{type(exc).__name__}: {exc}"
         if self.transform is not None:
             rgb = self.transform(rgb)
         return i, rgb, ""
-
-
-def _as_is(sample):
-    return sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,7 +128,15 @@ def baseline_transform(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.opts)
+    try:
+        return run(args)
+    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
+        log.error("%s", exc)
+        return 1
+
+
+def run(args) -> int:
+    cfg = validate(config_lib.load_config(args.config, args.opts))
     in_dir, out_dir = resolve_folders(args, cfg)
     pairs = mirror_pairs(list_image_files(in_dir, "--input"), in_dir, out_dir, ".png")
     todo = pending(pairs, args.overwrite)
@@ -149,7 +155,7 @@ def main(argv=None) -> int:
         net = load_enhancer(weights, device, key)
     batch_size = args.batch_size or (8 if device is not None and device.type == "cuda" else 1)
     dataset = SourceImages([s for s, _ in todo], baseline_transform(args))
-    loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is,
+    loader = DataLoader(dataset, batch_size=None, collate_fn=identity_collate,
                         num_workers=args.workers if len(todo) > 1 else 0)
 
     failed: list[str] = []

@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--official-curves", type=Path,
                         help="folder of official baseline .mat curves to draw beside ours "
                              "(needs --plot)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score images without a prediction file as images without "
+                             "detections even when none has one (default: that is an error, "
+                             "most likely a wrong folder layout)")
     parser.add_argument("--label", default="ours", help="legend label of our curve")
     args = parser.parse_args(argv)
     if args.official_curves is not None and args.plot is None:
@@ -45,8 +49,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return evaluate(args)
+    except (FileNotFoundError, ValueError) as exc:       # a wrong folder or a malformed file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def evaluate(args) -> int:
     ids = read_id_list(args.ids) if args.ids is not None else None
-    result = evaluate_darkface(args.gt, args.pred, ids=ids, progress=not args.json)
+    result = evaluate_darkface(args.gt, args.pred, ids=ids, progress=not args.json,
+                               allow_missing=args.allow_missing)
     ap, precision, recall = result["ap"], result["precision"], result["recall"]
 
     if args.csv is not None:

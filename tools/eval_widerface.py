@@ -37,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--official-curves", type=Path,
                         help="folder of <method>/wider_pr_info_*_val.mat leaderboard curves to "
                              "draw beside ours (needs --plot)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score images without a prediction file as images without "
+                             "detections even when none has one (default: that is an error, "
+                             "most likely a wrong folder layout)")
     parser.add_argument("--label", default="ours", help="legend label of our curves")
     args = parser.parse_args(argv)
     if args.official_curves is not None and args.plot is None:
@@ -46,7 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = evaluate_widerface(args.gt, args.pred, progress=not args.json)
+    try:
+        return evaluate(args)
+    except (FileNotFoundError, ValueError) as exc:       # a wrong folder or a malformed file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def evaluate(args) -> int:
+    result = evaluate_widerface(args.gt, args.pred, progress=not args.json,
+                                allow_missing=args.allow_missing)
     curves = result["curves"]
 
     written = []

@@ -5,9 +5,10 @@
 The graph takes ``image`` [1, 3, H, W] float32, RGB minus the mean (R-123, G-117, B-104, not
 scaled; REFERENCE 3.1) and returns the second shot's ``loc`` [1, P, 4] offsets and face
 ``score`` [1, P]. Anchors, decoding and NMS stay outside the graph (they depend on H and W;
-``OnnxFaceDetector`` below does them with the project's own functions). After exporting, the
-command runs onnxruntime and PyTorch on an image (``--image``, or a synthetic one) at two sizes
-and reports the largest differences of the raw outputs and of the final detections.
+``models.onnx_runner.OnnxFaceDetector`` does them with the project's own functions). After
+exporting, the command runs onnxruntime and PyTorch on an image (``--image``, or a synthetic
+one) at two sizes and reports the largest differences of the raw outputs and of the final
+detections.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ from torch import nn  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
 from models.inference import build_face_detector  # noqa: E402
-from layers.anchors import AnchorGenerator, vgg_feature_sizes  # noqa: E402
-from layers.detect import postprocess  # noqa: E402
+from models.onnx_runner import OnnxFaceDetector  # noqa: E402,F401 - re-exported for callers
 
 
 class SecondShot(nn.Module):
@@ -54,32 +54,6 @@ def export(net: nn.Module, path: Path, opset: int = 17) -> None:
                           dynamic_axes={"image": {2: "height", 3: "width"},
                                         "loc": {1: "anchors"}, "score": {1: "anchors"}},
                           opset_version=opset)
-
-
-class OnnxFaceDetector:
-    """onnxruntime inference with the project's anchors and post-processing."""
-
-    def __init__(self, path: Path, cfg):
-        import onnxruntime
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.cfg = cfg
-        self.anchors = AnchorGenerator(cfg.ANCHOR.STEPS, cfg.ANCHOR.ANCHOR_SIZES2)
-        b, g, r = cfg.AUG.img_mean
-        self.mean = np.array([r, g, b], dtype=np.float32).reshape(1, 3, 1, 1)
-
-    def raw(self, rgb: np.ndarray):
-        x = rgb.transpose(2, 0, 1)[None].astype(np.float32) - self.mean
-        return self.session.run(None, {"image": x})
-
-    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        loc, score = (torch.from_numpy(a) for a in self.raw(rgb))
-        h, w = rgb.shape[:2]
-        priors = self.anchors((h, w), vgg_feature_sizes(h, w))
-        # two-class logits with the same softmax: [log(1 - p), log(p)]
-        logits = torch.stack([torch.log1p(-score), torch.log(score)], -1)
-        d = self.cfg.DETECT
-        return postprocess(loc, logits, priors, self.cfg.ANCHOR.VARIANCE, d.CONF_THRESH,
-                           d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K)[0]
 
 
 def compare(detector, onnx_det: OnnxFaceDetector, rgb: np.ndarray) -> dict:

@@ -39,7 +39,8 @@ from tqdm import tqdm  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.image_folder import write_bytes_atomic  # noqa: E402
 from data.loaders import resolve_path  # noqa: E402
-from data.predictions import ImageFiles, as_is, list_images  # noqa: E402
+from data.loaders import identity_collate  # noqa: E402
+from data.predictions import ImageFiles, list_images  # noqa: E402
 from models.inference import build_face_detector  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     tester = TestTimeDetector(build_face_detector(cfg, args.weights, device),
                               vote=args.mode == "multi", dummy_rows=False, iou_thresh=0.3,
                               top_k=cfg.DETECT.TOP_K)
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=as_is,
+    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=identity_collate,
                         num_workers=args.workers if len(paths) > 1 else 0)
 
     lines, n_boxes, failed = [], 0, 0

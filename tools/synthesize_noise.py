@@ -40,9 +40,11 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
-from data.image_folder import (list_image_files, mirror_pairs, pending, read_rgb,  # noqa: E402
-                               remove_stale_temps, through_file, write_image_atomic)
-from data.loaders import resolve_path  # noqa: E402
+from data.config_check import validate  # noqa: E402
+from data.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
+                               pending, read_rgb, through_file, write_image_atomic)
+from data.loaders import identity_collate  # noqa: E402
 from data.noise_synthesis import (crop_back, from_generator_output, image_seed,  # noqa: E402
                                   make_h_blur, to_generator_input)
 from models.pix2pix import (UnetGenerator, generator_state_dict, generator_width,  # noqa: E402
@@ -75,12 +77,8 @@ class GeneratorInputs(Dataset):
             with Image.open(original) as im:
                 width, height = im.size
             return i, read_rgb(src), (height, width), ""
-        except (OSError, ValueError) as exc:
+        except UNREADABLE as exc:
             return i, None, None, f"{type(exc).__name__}: {exc}"
-
-
-def _as_is(sample):
-    return sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,7 +136,15 @@ def build_jobs(args, cfg) -> list[tuple[Path, Path, Path | None]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.opts)
+    try:
+        return run(args)
+    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
+        log.error("%s", exc)
+        return 1
+
+
+def run(args) -> int:
+    cfg = validate(config_lib.load_config(args.config, args.opts))
     jobs = build_jobs(args, cfg)
     out_dir = Path(args.output) if args.output else resolve_path(cfg.NOISE.OUT_DIR)
     wanted = {d for _, d in pending([(s, d) for s, d, _ in jobs], args.overwrite)}
@@ -153,7 +159,7 @@ def main(argv=None) -> int:
         (str(resolve_path(cfg.NOISE.GENERATOR_WEIGHTS)), "NOISE.GENERATOR_WEIGHTS")
     G = load_generator(weights, key, device, reference_mode=not args.eval)
     loader = DataLoader(GeneratorInputs(todo, args.source, cfg.NOISE, cfg.RUN.SEED),
-                        batch_size=None, collate_fn=_as_is,
+                        batch_size=None, collate_fn=identity_collate,
                         num_workers=args.workers if len(todo) > 1 else 0)
     failed, writes = [], []
     with ThreadPoolExecutor(max_workers=2) as writer, torch.no_grad():

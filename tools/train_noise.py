@@ -14,9 +14,10 @@ The reference's settings (pix2pix defaults plus HLA-Face's flags): U-Net-256 gen
 decay towards zero; no pool of generated images. Per step: D on (A, G(A)) as fake and (A, B) as
 real, each half-weighted; then G with D frozen.
 
-Runs go to ``RUN.OUTPUT_DIR/<RUN.NAME or "noise_pix2pix">/`` with train.py's conventions
-(config.yaml, log.txt, metrics.jsonl, TensorBoard, ``ckpt_<step>.pth`` at epoch ends, every
-RUN.CKPT_EVERY steps and on SIGTERM / Ctrl-C; ``--resume auto``); ``G_final.pth`` is the plain
+Runs go to ``RUN.OUTPUT_DIR/<RUN.NAME or "noise_pix2pix">/``, a run folder of the engine
+(``utils/engine.py``) as train.py's (config.yaml, log.txt, metrics.jsonl, TensorBoard,
+``ckpt_<step>.pth`` at epoch ends, every RUN.CKPT_EVERY steps and on SIGTERM / Ctrl-C;
+``--resume auto``); the update itself is ``utils/gan.py``'s; ``G_final.pth`` is the plain
 generator state dict that ``tools/synthesize_noise.py`` reads (NOISE.GENERATOR_WEIGHTS).
 Real training needs a GPU (docs/LOW_LEVEL.md has the CPU step time).
 """
@@ -33,22 +34,27 @@ if str(ROOT) not in sys.path:                 # run as `python tools/train_noise
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from data import config as config_lib  # noqa: E402
+from data.files import resolve_path  # noqa: E402
 from data.image_folder import list_image_files  # noqa: E402
-from data.loaders import resolve_path  # noqa: E402
 from data.noise_synthesis import PairedCrops, collate_pairs  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
 from models.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
-from tools.train_enhancer import (Progress, StopRequest, non_finite, parse_args,  # noqa: E402
-                                  resolve_run_config, single_process_device)
-from utils.checkpoint import (atomic_save, load_file, prune_checkpoints, rng_state,  # noqa: E402
-                              set_rng_state)
-from utils.logger import MetricLogger, setup_logging  # noqa: E402
+from utils import engine  # noqa: E402
+from utils.gan import linear_decay, pix2pix_step  # noqa: E402
+from utils.logger import setup_logging  # noqa: E402
 
 log = logging.getLogger("train_noise")
+
+
+def parse_args(argv=None):
+    p = engine.run_arguments(__doc__)
+    p.add_argument("--max-steps", type=int, default=0, metavar="N",
+                   help="stop after N optimizer steps in all (checkpointed, resumable); "
+                        "0: no limit")
+    return p.parse_args(argv)
+
 
 def find_pairs(cfg) -> list[tuple[Path, Path]]:
     blur_dir = resolve_path(cfg.NOISE.BLUR_DIR)
@@ -72,43 +78,6 @@ def find_pairs(cfg) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
-    """Vanilla GAN loss: BCE of every patch logit against 1 (real) or 0 (fake)."""
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
-def pix2pix_step(G, D, opt_g, opt_d, real_a, real_b, lambda_l1: float) -> dict:
-    """One pix2pix update (D, then G). Returns the loss terms, detached; the D terms carry their
-    0.5 weight, G_L1 its lambda. Raises FloatingPointError, before any update, on a NaN."""
-    fake_b = G(real_a)
-    D.requires_grad_(True)
-    d_terms = {"D_fake": 0.5 * gan_loss(D(torch.cat([real_a, fake_b.detach()], 1)), False),
-               "D_real": 0.5 * gan_loss(D(torch.cat([real_a, real_b], 1)), True)}
-    if non_finite(d_terms):
-        raise FloatingPointError({k: float(v) for k, v in d_terms.items()})
-    opt_d.zero_grad(set_to_none=True)
-    sum(d_terms.values()).backward()
-    opt_d.step()
-
-    D.requires_grad_(False)                    # G's step does not touch D's gradients
-    g_terms = {"G_GAN": gan_loss(D(torch.cat([real_a, fake_b], 1)), True),
-               "G_L1": lambda_l1 * F.l1_loss(fake_b, real_b)}
-    if non_finite(g_terms):
-        raise FloatingPointError({k: float(v) for k, v in g_terms.items()})
-    opt_g.zero_grad(set_to_none=True)
-    sum(g_terms.values()).backward()
-    opt_g.step()
-    D.requires_grad_(True)
-    return {k: v.detach() for k, v in {**d_terms, **g_terms}.items()}
-
-
-def linear_decay(n_epochs: int, n_decay: int):
-    """pix2pix's 'linear' policy: factor 1 for the first ``n_epochs`` epochs (0-based epoch
-    e < n_epochs), then ``1 - (e + 1 - n_epochs) / (n_decay + 1)``."""
-    return lambda e: 1.0 - max(0, e + 1 - n_epochs) / float(n_decay + 1)
-
-
 def build_nets(cfg, device):
     N = cfg.NOISE
     G = UnetGenerator(3, 3, num_downs=8, ngf=N.NGF, dropout=True)
@@ -125,44 +94,49 @@ def build_nets(cfg, device):
     return G, D, opt_g, opt_d, scheds
 
 
-def save_checkpoint(path, nets, progress: Progress, cfg) -> None:
+def checkpoint_state(nets) -> dict:
     G, D, opt_g, opt_d, (s_g, s_d) = nets
-    atomic_save({"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_g.state_dict(),
-                 "opt_D": opt_d.state_dict(), "sched_G": s_g.state_dict(),
-                 "sched_D": s_d.state_dict(), "step": progress.step, "epoch": progress.epoch,
-                 "epoch_step": progress.epoch_step, "skipped": progress.skipped,
-                 "config": config_lib.to_dict(cfg), "rng": rng_state()}, path)
-    log.info("saved %s", path)
+    return {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_g.state_dict(),
+            "opt_D": opt_d.state_dict(), "sched_G": s_g.state_dict(),
+            "sched_D": s_d.state_dict()}
 
 
-def load_checkpoint(path, nets) -> Progress:
+def restore_checkpoint(ckpt, nets, cfg) -> engine.Progress:
     G, D, opt_g, opt_d, (s_g, s_d) = nets
-    ckpt = load_file(path, "checkpoint")
     for obj, key in ((G, "G"), (D, "D"), (opt_g, "opt_G"), (opt_d, "opt_D"), (s_g, "sched_G"),
                      (s_d, "sched_D")):
         obj.load_state_dict(ckpt[key])
-    set_rng_state(ckpt["rng"])
-    log.info("resumed from %s at step %d (epoch %d)", path, ckpt["step"], ckpt["epoch"])
-    return Progress(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt.get("skipped", 0))
+    for opt, sched in ((opt_g, s_g), (opt_d, s_d)):
+        engine.apply_optimizer_config(opt, sched, lr=cfg.NOISE.LR,
+                                      betas=(cfg.NOISE.BETA1, 0.999))
+    log.info("resumed at step %d (epoch %d)", ckpt["step"], ckpt["epoch"])
+    return engine.restore(ckpt)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv, __doc__)
+    args = parse_args(argv)
     setup_logging()
-    cfg, resume, run_dir = resolve_run_config(args, "noise_pix2pix")
-    device = single_process_device(cfg)
-    return train(cfg, resume, run_dir, device, args.max_steps)
+    run_dir = None
+    try:
+        cfg, resume, run_dir = engine.resolve_run(args, lambda c: c.RUN.NAME or "noise_pix2pix")
+        if engine.nothing_to_do(cfg.NOISE.EPOCHS + cfg.NOISE.EPOCHS_DECAY,
+                                "NOISE.EPOCHS + NOISE.EPOCHS_DECAY"):
+            return 0
+        device = engine.single_process_device(cfg)
+        with engine.Run(run_dir, cfg, resume, device, args.overwrite, ["G_final.pth"]) as run:
+            return train(cfg, resume, run, device, args.max_steps)
+    except engine.RunError as exc:
+        return engine.report_failure(exc, run_dir)
 
 
-def train(cfg, resume, run_dir: Path, device: torch.device, max_steps: int = 0) -> int:
+def train(cfg, resume, run: engine.Run, device: torch.device, max_steps: int = 0) -> int:
     N = cfg.NOISE
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.dump(cfg, run_dir / "config.yaml")
-    setup_logging(run_dir)
     torch.manual_seed(cfg.RUN.SEED)
     nets = build_nets(cfg, device)
     G, D, opt_g, opt_d, scheds = nets
-    progress = load_checkpoint(resume, nets) if resume is not None else Progress()
+    progress = engine.Progress()
+    if resume is not None:
+        progress = restore_checkpoint(resume.checkpoint, nets, cfg)
 
     dataset = PairedCrops(find_pairs(cfg), N.CROP, cfg.RUN.SEED)
     sampler = ResumableSampler(len(dataset), N.BATCH_SIZE, shuffle=True, seed=cfg.RUN.SEED)
@@ -174,11 +148,12 @@ def train(cfg, resume, run_dir: Path, device: torch.device, max_steps: int = 0) 
                         generator=torch.Generator().manual_seed(cfg.RUN.SEED))
     epochs = N.EPOCHS + N.EPOCHS_DECAY
     steps_per_epoch = math.ceil(len(dataset) / N.BATCH_SIZE)
-    log.info("run folder %s on %s: %d pairs, %d steps per epoch, %d + %d epochs", run_dir,
+    total = steps_per_epoch * epochs
+    log.info("run folder %s on %s: %d pairs, %d steps per epoch, %d + %d epochs", run.dir,
              device, len(dataset), steps_per_epoch, N.EPOCHS, N.EPOCHS_DECAY)
 
-    meters = MetricLogger(run_dir, steps_per_epoch * epochs, cfg.RUN.TENSORBOARD)
-    stop = StopRequest()
+    meters = run.metrics(total)
+    stop = engine.StopRequest()
     G.train()
     D.train()
     try:
@@ -190,42 +165,34 @@ def train(cfg, resume, run_dir: Path, device: torch.device, max_steps: int = 0) 
                 progress.epoch_step += 1
                 progress.skipped += dropped
                 if real_a is not None:
-                    try:
-                        losses = pix2pix_step(G, D, opt_g, opt_d, real_a.to(device),
-                                              real_b.to(device), N.LAMBDA_L1)
-                    except FloatingPointError as exc:
-                        log.error("non-finite loss at step %d: %s; stopping (the last "
-                                  "checkpoint is kept)", progress.step + 1, exc)
-                        return 1
+                    losses = pix2pix_step(G, D, opt_g, opt_d, real_a.to(device),
+                                          real_b.to(device), N.LAMBDA_L1, progress.step + 1)
                     progress.step += 1
                     meters.update(data_time=data_time, **losses)
-                    if progress.step % cfg.RUN.LOG_EVERY == 0:
-                        meters.write(progress.step, {**meters.averages(),
-                                                     "lr": opt_g.param_groups[0]["lr"],
-                                                     "epoch": progress.epoch,
-                                                     "skipped_images": progress.skipped})
+                    run.log_step(progress.step, progress.step == total,
+                                 lr=opt_g.param_groups[0]["lr"], epoch=progress.epoch,
+                                 skipped_images=progress.skipped)
                 if progress.epoch_step == steps_per_epoch:          # epoch done
                     progress.epoch += 1
                     progress.epoch_step = 0
                     for s in scheds:
                         s.step()
-                stopping = stop.requested or (max_steps and progress.step >= max_steps)
+                stopping = bool(stop.requested) or bool(max_steps and progress.step >= max_steps)
                 if (progress.epoch_step == 0 or stopping
                         or (real_a is not None and progress.step % cfg.RUN.CKPT_EVERY == 0)):
-                    save_checkpoint(run_dir / f"ckpt_{progress.step}.pth", nets, progress, cfg)
-                    prune_checkpoints(run_dir, cfg.RUN.KEEP_CKPTS)
+                    run.save_checkpoint(progress, lambda: checkpoint_state(nets),
+                                        reason=stop.requested)
                 if stopping:
                     log.warning("stopped at step %d; resume with --resume auto", progress.step)
                     return 0
                 if progress.epoch_step == 0:
                     break
                 t_data = time.perf_counter()
-        atomic_save(G.state_dict(), run_dir / "G_final.pth")
-        log.info("done: %d steps; generator weights in %s", progress.step, run_dir / "G_final.pth")
+        final = run.save_final(G.state_dict(), "G_final.pth", progress.step)
+        log.info("done: %d steps; generator weights in %s", progress.step, final)
         return 0
     finally:
         stop.restore()
-        meters.close()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ class MetricLogger:
     """Averages per-step scalars over each logging interval and writes them: a log line
     (losses, lr, it/s, data time, ETA, memory), ``metrics.jsonl`` and TensorBoard, on rank 0."""
 
-    def __init__(self, run_dir: Path | None, total_steps: int, tensorboard: bool = True):
+    def __init__(self, run_dir: Path | None, total_steps: int, tensorboard: bool = True,
+                 append: bool = True):
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.total_steps = total_steps
@@ -51,7 +52,9 @@ class MetricLogger:
         self.jsonl = None
         self.tb = None
         if run_dir is not None and dist.is_main():
-            self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+            # a resumed run appends to its record, a new one starts it afresh
+            self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a" if append else "w",
+                              buffering=1)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -97,6 +100,20 @@ class MetricLogger:
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
         return record
+
+    def write_values(self, step: int, values: dict, what: str = "eval") -> None:
+        """Log scalars that are not per-step averages (e.g. a validation result) at ``step``:
+        one line, one ``metrics.jsonl`` record, TensorBoard scalars under ``what/``."""
+        if not dist.is_main():
+            return
+        self.log.info("%s at step %d: %s", what, step,
+                      "  ".join(f"{k} {float(v):.4g}" for k, v in values.items()))
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in
+                                                          values.items()}}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{what}/{k}", float(v), step)
 
     def close(self) -> None:
         if self.jsonl is not None:
