@@ -38,7 +38,7 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from models.factory import build_detector
+from models.factory import build_net, ssl_input_is_bgr
 from models.hla_trainer import HLATrainer, trainer_state_dict
 from models.inference import autocast
 from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
@@ -68,14 +68,15 @@ def run_name(cfg) -> str:
 
 
 def build_trainer(cfg, resume) -> HLATrainer:
-    net = build_detector(cfg.MODEL, cfg.NUM_CLASSES)
+    net = build_net(cfg)
     if resume is None and cfg.SSL.PRETRAIN_LOAD_DETECTOR:
         init_detector(net, cfg)
     elif resume is None:
         log.warning("SSL.PRETRAIN_LOAD_DETECTOR=False: the heads are pre-trained on a randomly "
                     "initialised detector, as the reference's script does")
     net.requires_grad_(False)                         # frozen: only the heads learn
-    trainer = HLATrainer(net, build_tasks(cfg, pretrain_weights(cfg)))
+    trainer = HLATrainer(net, build_tasks(cfg, pretrain_weights(cfg)),
+                          ssl_bgr=ssl_input_is_bgr(cfg))
     if not trainer.tasks:
         raise ValueError("no self-supervised task is enabled (config keys TRAIN.JIGSAW_33, "
                          "TRAIN.CONTRASTIVE_TARGET, TRAIN.TRANSFER_CONTRASTIVE, ...)")
@@ -156,6 +157,9 @@ def pretrain_loop(cfg, resume, run: engine.Run, device, batch: int) -> int:
     stop = engine.StopRequest()
     state = lambda: checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders)  # noqa
     net.train()
+    if trainer.net.has_batchnorm:
+        # the detector is frozen: its BatchNorm statistics must not drift on the task images
+        trainer.net.eval()
     try:
         while progress.step < total:
             t_data = time.perf_counter()

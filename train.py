@@ -9,6 +9,13 @@ and minimises the detection loss plus the weighted task losses (REFERENCE 2.5, 4
 detector starts from MODEL.WEIGHTS (a DSFD file, or a trainer checkpoint holding the heads too)
 and the heads from SSL.HEADS_DIR/<name>_head.pth (SSL.LOAD_HEADS).
 
+The same loop trains the pseudo-label student of docs/DUAL_TEACHER.md (PSEUDO.ENABLE): each
+step adds a batch of target images with the teachers' boxes from PSEUDO.LIST (score >=
+PSEUDO.HIGH: faces; [PSEUDO.LOW, PSEUDO.HIGH): ignore regions), seen by the student in a strong
+photometric view (PSEUDO.STRONG_AUG), its detection terms ``pl_*`` weighted PSEUDO.WEIGHT; the
+task losses can stay on. EMA.ENABLE keeps a mean teacher (``ema_final.pth``), whose detections on
+the weak view replace the fixed labels with EMA.REFRESH. PSEUDO.BATCH_SIZE is global too.
+
 One process on the CPU or one GPU; under ``torchrun --nproc_per_node=N train.py ...`` the same
 script runs DDP (nccl on GPUs, gloo on CPUs, several machines with the usual torchrun flags);
 ``--multigpu`` starts one process per visible GPU for users of the reference's command line.
@@ -25,26 +32,33 @@ state dict (``net.*`` plus the heads; REFERENCE 12.2).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from data.darkface import drop_held_out, held_out_ids
+from data.detection_datasets import build_train_dataset
 from data.files import resolve_path
-from data.image_folder import read_rgb
 from data.loaders import build_detection_loader, require_file
+from data.pseudo_labels import (detections_to_targets, pseudo_label_loader, read_pseudo_labels,
+                                to_face_record)
+from data.ssl_datasets import stream_seed
 from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
-from data.widerface import parse_list_file
-from evaluation.darkface import evaluate_darkface_boxes
-from models.factory import build_net, get_entry
+from data.strong_aug import StrongAugParams, sample_generators, strong_augment
+from evaluation.validation import build_validation
+from models.factory import build_net, get_entry, ssl_input_is_bgr
 from models.hla_trainer import HLATrainer, init_heads, trainer_state_dict
-from models.inference import FaceDetector, autocast
+from models.ema import ModelEMA
+from models.inference import autocast
 from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
 from utils import dist, engine
 from utils.checkpoint import init_detector
@@ -86,7 +100,8 @@ def check_tasks(cfg) -> None:
 
 
 def check_batches(cfg, tasks, world: int) -> None:
-    for key in ("SOLVER.BATCH_SIZE",) + (("SSL.BATCH_SIZE",) if tasks else ()):
+    for key in ("SOLVER.BATCH_SIZE",) + (("SSL.BATCH_SIZE",) if tasks else ()) + \
+            (("PSEUDO.BATCH_SIZE",) if cfg.PSEUDO.ENABLE else ()):
         section, name = key.split(".")
         if cfg[section][name] % world:
             raise ValueError(f"config key {key}={cfg[section][name]} must be divisible by the "
@@ -120,21 +135,6 @@ def build_criterion(cfg):
     return get_entry(cfg.MODEL.NAME).criterion(cfg)
 
 
-def ssl_input_is_bgr(cfg) -> bool:
-    """The task loaders normalise RGB pixels by AUG.img_mean (given B, G, R); a BGR detector
-    (YuNet, RetinaFace) reads the same tensors with the channels flipped, which is exact when
-    its input mean is AUG.img_mean and it does not scale."""
-    spec = get_entry(cfg.MODEL.NAME).input_spec(cfg)
-    mean = tuple(cfg.AUG.img_mean) if spec.channel_order == "BGR" else tuple(cfg.AUG.img_mean)[::-1]
-    if tuple(spec.mean) != mean or any(s != 1 for s in spec.std):
-        raise ValueError(f"config key AUG.img_mean={list(cfg.AUG.img_mean)} does not match the "
-                         f"input normalisation of MODEL.NAME={cfg.MODEL.NAME} (mean "
-                         f"{list(spec.mean)} in {spec.channel_order} order, std "
-                         f"{list(spec.std)}); the self-supervised loaders would feed it "
-                         f"wrongly normalised images")
-    return spec.channel_order == "BGR"
-
-
 def build_optimizer(params, solver) -> torch.optim.Optimizer:
     """SGD as the reference (REFERENCE 2.6); AdamW for short from-scratch runs such as the
     demo. The schedule sets the lr, starting at WARMUP_LR."""
@@ -144,37 +144,12 @@ def build_optimizer(params, solver) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=solver.WARMUP_LR, weight_decay=solver.WEIGHT_DECAY)
 
 
-def build_validation(cfg, trainer, device):
-    """RUN.EVAL_EVERY's evaluation, or None when it is off: the detector at one scale (the
-    image as it is) on the first RUN.EVAL_IMAGES images of FACE.SRC_VAL_FILE, scored with the
-    DARK FACE protocol (AP at IoU 0.5 against the list's boxes)."""
-    if cfg.RUN.EVAL_EVERY <= 0:
-        return None
-    records = parse_list_file(require_file(cfg.FACE.SRC_VAL_FILE, "FACE.SRC_VAL_FILE"),
-                              root=cfg.FACE.DATA_ROOT, keep_empty=True)
-    records = records[:cfg.RUN.EVAL_IMAGES or None]
-
-    def evaluate() -> dict:
-        detector = FaceDetector.from_config(trainer.net, cfg, device)
-        gt, preds = {}, {}
-        for i, record in enumerate(records):
-            rgb = read_rgb(record.path)
-            h, w = rgb.shape[:2]
-            dets = detector(rgb[None])[0][:, :5].double().numpy()
-            preds[str(i)] = dets * np.array([w, h, w, h, 1.0])        # pixels, score
-            gt[str(i)] = record.boxes
-        trainer.train()                                # FaceDetector switched it to eval
-        return {"val_ap": evaluate_darkface_boxes(gt, preds)["ap"]}
-    return evaluate
-
-
 def checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders) -> dict:
     """What a checkpoint holds besides the engine's progress, config and RNG states; the
     ``model`` entry is the HLA trainer state dict (``net.*`` plus the heads; REFERENCE 12.2)."""
     return {"model": trainer.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ssl_loaders": {name: loader.state_dict() for name, loader in ssl_loaders.items()}}
-
 
 def restore_checkpoint(ckpt, trainer, optimizer, scheduler, scaler, cfg) -> engine.Progress:
     trainer.load_state_dict(trainer_state_dict(ckpt))
@@ -185,6 +160,167 @@ def restore_checkpoint(ckpt, trainer, optimizer, scheduler, scaler, cfg) -> engi
     scaler.load_state_dict(ckpt["scaler"])
     log.info("resumed at step %d", ckpt["step"])
     return engine.restore(ckpt)
+
+# -- the student (PSEUDO.*, EMA.*; docs/DUAL_TEACHER.md): pseudo-labelled target batches, their
+#    weak and strong views, the mean teacher --
+
+PL_PREFIX = "pl_"                        # the loss terms of the target batch: pl_loc_pal2, ...
+# Every registry detector's loss takes ignore rows (label -1): layers/multibox_loss.py,
+# layers/retinaface_loss.py, layers/yunet_loss.py.
+
+
+def loss_weights(trainer: HLATrainer, cfg) -> Callable[[str], float]:
+    """The weight of a loss term: the task's for self-supervised terms, PSEUDO.WEIGHT for the
+    target batch's, 1 for the detection terms."""
+    tasks, pl = trainer.loss_weights, cfg.PSEUDO.WEIGHT
+    return lambda name: pl if name.startswith(PL_PREFIX) else tasks.get(name, 1.0)
+
+
+def build_pseudo_loader(cfg, rank: int, world: int, pin: bool):
+    """The images of PSEUDO.LIST (held-out DARK FACE ids dropped) with their boxes split by
+    PSEUDO.HIGH / LOW into faces and ignore regions, in MODEL.NAME's training augmentation (the
+    weak view) without AUG.lowlight_prob (they are dark already); endless and resumable.
+    Images left without any box are dropped: the detection losses mine negatives per positive,
+    so an image without boxes would add nothing."""
+    p = cfg.PSEUDO
+    path = require_file(p.LIST, "PSEUDO.LIST")
+    records = drop_held_out_ids(cfg, read_pseudo_labels(path, root=cfg.FACE.DATA_ROOT))
+    faces = [f for f in (to_face_record(r, p.HIGH, p.LOW) for r in records) if len(f.boxes)]
+    if not faces:
+        raise ValueError(f"{path} (config key PSEUDO.LIST): no image has a box scoring at least "
+                         f"PSEUDO.LOW={p.LOW}")
+    positives = sum(int((f.labels == 1).sum()) for f in faces)
+    log.info("PSEUDO.LIST: %d of %d images with boxes, %d faces (score >= %g), %d ignore "
+             "regions", len(faces), len(records), positives, p.HIGH,
+             sum(len(f.labels) for f in faces) - positives)
+    weak = copy.deepcopy(cfg)
+    weak.AUG.lowlight_prob = 0.0
+    seed = stream_seed(cfg.RUN.SEED, "pseudo")
+    dataset = build_train_dataset(weak, path, cfg.FACE.DATA_ROOT, seed, records=faces)
+    return pseudo_label_loader(dataset, p.BATCH_SIZE, rank, world, seed, cfg.RUN.NUM_WORKERS,
+                               pin)
+
+
+def drop_held_out_ids(cfg, records: list) -> list:
+    """PSEUDO.LIST's records without the held-out DARK FACE ids (DARKFACE.FILTER_TRAIN), as the
+    self-supervised target list (data/ssl_tasks.py)."""
+    if not cfg.DARKFACE.FILTER_TRAIN:
+        return records
+    if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():
+        log.warning("DARKFACE.VAL_IDS is empty and DARKFACE.IMAGE_DIR=%s does not exist: "
+                    "PSEUDO.LIST is NOT filtered against a held-out split, so do not evaluate "
+                    "on its images (or set DARKFACE.FILTER_TRAIN=False to silence this)",
+                    cfg.DARKFACE.IMAGE_DIR)
+        return records
+    kept = drop_held_out(records, held_out_ids(cfg))
+    log.info("PSEUDO.LIST: %d of %d images kept after removing the held-out DARK FACE split",
+             len(kept), len(records))
+    return kept
+
+
+class PseudoBatch(NamedTuple):
+    images: torch.Tensor      # the student's view [B, 3, S, S]
+    targets: list             # per image [n, 5 + 2L]: label 1 (face) or -1 (ignore)
+    skipped: int              # unreadable images met
+
+
+@dataclass
+class Student:
+    """What a pseudo-label run adds to the detection run: the target loader (PSEUDO.ENABLE)
+    and the mean teacher (EMA.ENABLE, refreshing the labels with EMA.REFRESH)."""
+    cfg: Any
+    loader: Any = None                   # data.ssl_datasets.CyclingLoader
+    ema: ModelEMA | None = None
+    postprocess: Callable | None = None  # the registry's: (out, size) -> [k, 5 + 2L] rows
+    spec: Any = None                     # models.detector.InputSpec
+
+    def batch(self, step: int, rank: int, device, memory_format) -> PseudoBatch | None:
+        """The target batch of optimizer step ``step + 1``: the weak view's labels (the fixed
+        pseudo labels, or the EMA teacher's detections on it), the strong view's images."""
+        if self.loader is None:
+            return None
+        weak, targets, skipped = next(self.loader)
+        weak = weak.to(device, non_blocking=True, memory_format=memory_format)
+        targets = [t.to(device, non_blocking=True) for t in targets]
+        if self.cfg.EMA.REFRESH and step >= self.cfg.EMA.REFRESH_AFTER:
+            targets = self.teacher_targets(weak)
+        images = self.strong_view(weak, step, rank) if self.cfg.PSEUDO.STRONG_AUG else weak
+        return PseudoBatch(images.contiguous(memory_format=memory_format), targets, skipped)
+
+    @torch.no_grad()
+    def teacher_targets(self, weak: torch.Tensor) -> list:
+        """The EMA teacher's detections on the weak view, split by PSEUDO.HIGH / LOW (with
+        the teacher's landmarks when the detector has them)."""
+        with autocast(weak.device, self.cfg.RUN.AMP):
+            out = self.ema.module(weak)
+        dets = self.postprocess(out, tuple(weak.shape[-2:]))
+        return [detections_to_targets(d, self.cfg.PSEUDO.HIGH, self.cfg.PSEUDO.LOW)
+                for d in dets]
+
+    def strong_view(self, weak: torch.Tensor, step: int, rank: int) -> torch.Tensor:
+        """Photometric only (data/strong_aug.py), so the weak view's boxes stay valid. Each
+        image draws from (RUN.SEED, step, its position in the global batch) alone: a resumed
+        run is exact and N processes draw what one process draws."""
+        n = len(weak)
+        gens = sample_generators(self.cfg.RUN.SEED, step, rank * n, n, weak.device)
+        params = StrongAugParams(lowlight_prob=self.cfg.PSEUDO.STRONG_LOWLIGHT_PROB)
+        return strong_augment(weak, self.spec.channel_order, self.spec.mean, self.spec.std,
+                              gens, params)
+
+    def update(self, net) -> None:
+        """After each optimizer step: the mean teacher follows the student."""
+        if self.ema is not None:
+            self.ema.update(net)
+
+    def state_dict(self) -> dict:
+        state = {}
+        if self.loader is not None:
+            state["pseudo_loader"] = self.loader.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, ckpt) -> None:
+        for key, part in (("pseudo_loader", self.loader), ("ema", self.ema)):
+            if part is None:
+                continue
+            if key in ckpt:
+                part.load_state_dict(ckpt[key])
+            else:
+                log.warning("the checkpoint has no %s state: starting it anew", key)
+
+
+def build_student(cfg, net, resume, rank: int, world: int, pin: bool) -> Student:
+    """The :class:`Student` of ``cfg``; the EMA teacher copies ``net`` (the detector, weights
+    loaded or restored), then takes the checkpoint's state when resuming."""
+    entry = get_entry(cfg.MODEL.NAME)
+    student = Student(cfg, postprocess=entry.postprocess(cfg), spec=entry.input_spec(cfg))
+    if cfg.PSEUDO.ENABLE:
+        student.loader = build_pseudo_loader(cfg, rank, world, pin)
+    if cfg.EMA.ENABLE:
+        student.ema = ModelEMA(net, cfg.EMA.DECAY, cfg.EMA.TAU)
+    if resume is not None:
+        student.load_state_dict(resume.checkpoint)
+    return student
+
+
+def pseudo_losses(criterion, out, batch: PseudoBatch | None) -> dict:
+    """The detection loss of the target batch, terms prefixed ``pl_`` (weighted PSEUDO.WEIGHT
+    in the sum)."""
+    if batch is None:
+        return {}
+    losses = criterion(out, batch.targets, tuple(batch.images.shape[-2:]))
+    return {PL_PREFIX + k: v for k, v in losses.items()}
+
+
+def pseudo_counts(batch: PseudoBatch | None) -> dict:
+    """Faces and ignore regions per target image, for the log."""
+    if batch is None:
+        return {}
+    labels = torch.cat([t[:, 4] for t in batch.targets]) if batch.targets else torch.zeros(0)
+    n = max(len(batch.targets), 1)
+    return {"pl_faces": float((labels == 1).sum()) / n,
+            "pl_ignored": float((labels == -1).sum()) / n}
 
 
 def main(argv=None) -> int:
@@ -207,17 +343,16 @@ def main(argv=None) -> int:
     finally:
         dist.cleanup()
 
-
 def train(cfg, resume: engine.Resume | None, run_dir: Path, device: torch.device,
           overwrite: bool = False) -> int:
     world, rank = dist.world_size(), dist.rank()
     check_batches(cfg, build_tasks(cfg), world)
     local_batch = cfg.SOLVER.BATCH_SIZE // world
-    with engine.Run(run_dir, cfg, resume, device, overwrite, ["model_final.pth"]) as run:
+    finals = ["model_final.pth"] + (["ema_final.pth"] if cfg.EMA.ENABLE else [])
+    with engine.Run(run_dir, cfg, resume, device, overwrite, finals) as run:
         log.info("run folder %s; %d process(es) on %s; batch %d per process", run_dir, world,
                  device, local_batch)
         return train_loop(cfg, resume, run, device, local_batch, world, rank)
-
 
 def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: int,
                rank: int) -> int:
@@ -246,9 +381,10 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
     ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, cfg.SSL.BATCH_SIZE, rank, world, pin)
     if resume is not None:
         engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))
+    student = build_student(cfg, trainer.net, resume, rank, world, pin)
     criterion = build_criterion(cfg)
     validate = build_validation(cfg, trainer, device)
-    weights = trainer.loss_weights                   # detection terms: 1
+    weight_of = loss_weights(trainer, cfg)           # detection terms: 1
     steps_per_epoch = math.ceil(sampler.per_rank / local_batch)
     max_steps = cfg.SOLVER.MAX_STEPS
     if cfg.SOLVER.STOP_AT_EPOCH_END:                 # the reference's epoch-granular stop
@@ -258,7 +394,8 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
 
     meters = run.metrics(max_steps)
     stop = engine.StopRequest()
-    state = lambda: checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders)  # noqa
+    state = lambda: {**checkpoint_state(trainer, optimizer, scheduler, scaler,  # noqa: E731
+                                        ssl_loaders), **student.state_dict()}
     net.train()
     try:
         while progress.step < max_steps and progress.epoch < cfg.SOLVER.EPOCHES:
@@ -266,13 +403,20 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
             t_data = time.perf_counter()
             for images, targets, skipped in loader:
                 ssl_batches, ssl_skipped = next_ssl_batches(ssl_loaders, device, memory_format)
+                # the pseudo-labelled target batch, or None (with EMA.REFRESH the teacher's
+                # pass counts as data time)
+                pl = student.batch(progress.step, rank, device, memory_format)
                 data_time = time.perf_counter() - t_data
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 targets = [t.to(device, non_blocking=True) for t in targets]
                 with autocast(device, cfg.RUN.AMP):
                     out, ssl_losses = net(images, ssl_batches)
-                loss_dict = {**criterion(out, targets, tuple(images.shape[-2:])), **ssl_losses}
-                loss = sum(weights.get(k, 1.0) * v for k, v in loss_dict.items())
+                    # the target batch through the detector itself: DDP's gradient hooks sit on
+                    # the parameters, so the one backward below reduces both passes
+                    pl_out = trainer.net(pl.images) if pl is not None else None
+                loss_dict = {**criterion(out, targets, tuple(images.shape[-2:])), **ssl_losses,
+                             **pseudo_losses(criterion, pl_out, pl)}
+                loss = sum(weight_of(k) * v for k, v in loss_dict.items())
                 stopping = engine.check_loss(progress.step + 1, loss, loss_dict, device, stop)
 
                 optimizer.zero_grad(set_to_none=True)
@@ -286,12 +430,13 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                student.update(trainer.net)              # the EMA teacher, if any
                 progress.step += 1
                 progress.epoch_step += 1
-                progress.skipped += skipped + ssl_skipped
+                progress.skipped += skipped + ssl_skipped + (pl.skipped if pl else 0)
 
                 meters.update(loss=loss.detach(), **{k: v.detach() for k, v in loss_dict.items()},
-                              data_time=data_time)
+                              data_time=data_time, **pseudo_counts(pl))
                 last = progress.step == max_steps
                 run.log_step(progress.step, last, lr=optimizer.param_groups[0]["lr"],
                              epoch=progress.epoch, skipped_images=progress.skipped)
@@ -310,10 +455,13 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
                 progress.epoch_step = 0
         final = run.save_final(trainer.net.state_dict(), "model_final.pth", progress.step)
         log.info("done: %d steps; detector weights in %s", progress.step, final)
+        if student.ema is not None:
+            final = run.save_final(student.ema.module.state_dict(), "ema_final.pth",
+                                   progress.step)
+            log.info("mean teacher (EMA) weights in %s", final)
         return 0
     finally:
         stop.restore()
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -23,7 +23,7 @@ import torch
 
 from data import config as config_lib
 from data.files import WriteError
-from models.factory import build_detector
+from models.factory import build_net
 from models.hla_trainer import trainer_state_dict
 from models.ssl_tasks import SSL_TASKS
 from utils.checkpoint import atomic_save, load_file, strip_prefix
@@ -59,7 +59,7 @@ def expected_shapes(toggle: str, cfg) -> dict[str, tuple]:
     nothing is allocated)."""
     spec = SSL_TASKS[toggle]
     with torch.device("meta"):
-        net = build_detector(cfg.MODEL, cfg.NUM_CLASSES)
+        net = build_net(cfg)
         module = spec.task(toggle, spec, cfg, 1.0).build_module(net)
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 

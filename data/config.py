@@ -105,6 +105,11 @@ def default_config() -> EasyDict:
     C.FACE.SRC_VAL_FILE = "./dataset/wider_face_val.txt"   # train.py's RUN.EVAL_EVERY list
     C.FACE.TAR_TRAIN_FILE = "./dataset/mf_dsfd_dark_face_train.txt"
     C.FACE.DATA_ROOT = "."              # relative image paths in list files start here
+    C.FACE.SRC_FORMAT = "auto"          # annotation format of SRC_TRAIN_FILE: auto | wider |
+                                        # retinaface | labelv2 | laboro (data/annotations.py)
+    C.FACE.IMAGE_ROOT = ""              # '' = the format's layout (wider: FACE.DATA_ROOT)
+    C.FACE.VAL_FORMAT = "auto"          # annotation format of SRC_VAL_FILE (same choices); its
+                                        # images: the format's layout (wider: FACE.DATA_ROOT)
     C.FACE.OVERLAP_THRESH = 0.35
 
     # ---- self-supervised task toggles and weights (REFERENCE 2.5) ----
@@ -230,8 +235,24 @@ def default_config() -> EasyDict:
     C.RETINAFACE.MATCH_MIN_IOU = 0.2    # faces whose best prior IoU is lower are not forced
     C.RETINAFACE.CROP_SCALES = [0.3, 0.45, 0.6, 0.8, 1.0]   # square crop side / short side
     C.RETINAFACE.MIN_FACE_PX = 0.0      # crop keeps faces with min(w+1, h+1) at IMAGE_SIZE > this
-    C.RETINAFACE.ANNOTATION_FORMAT = "auto"   # data.annotations format of the training file
-    C.RETINAFACE.IMAGE_ROOT = ""        # '' = the format's layout (wider: FACE.DATA_ROOT)
+
+    # ---- ours: the pseudo-label student (train.py; docs/DUAL_TEACHER.md) ----
+    C.PSEUDO = EasyDict()
+    C.PSEUDO.ENABLE = False             # train on pseudo-labelled target images too
+    C.PSEUDO.LIST = ""                  # tools/make_pseudo_labels.py's list (paths below DATA_ROOT)
+    C.PSEUDO.HIGH = 0.5                 # score >= HIGH: a face
+    C.PSEUDO.LOW = 0.3                  # LOW <= score < HIGH: ignored; below LOW: background
+    C.PSEUDO.WEIGHT = 1.0               # weight of every pseudo-label detection term (pl_*)
+    C.PSEUDO.BATCH_SIZE = 8             # global, split over the processes like SOLVER.BATCH_SIZE
+    C.PSEUDO.STRONG_AUG = True          # student: strong photometric view (data/strong_aug.py)
+    C.PSEUDO.STRONG_LOWLIGHT_PROB = 0.0  # strong view: extra darkening + sensor noise
+    # the mean teacher: an EMA of the student's detector (models/ema.py)
+    C.EMA = EasyDict()
+    C.EMA.ENABLE = False
+    C.EMA.DECAY = 0.9996
+    C.EMA.TAU = 0.0                     # warm-up d * (1 - exp(-k / TAU)); 0 = off
+    C.EMA.REFRESH = False               # the EMA teacher's detections replace the fixed labels
+    C.EMA.REFRESH_AFTER = 0             # ... from this step on (fixed labels before)
 
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
@@ -247,6 +268,8 @@ def default_config() -> EasyDict:
     C.RUN.KEEP_CKPTS = 0                # 0 keeps every periodic checkpoint
     C.RUN.EVAL_EVERY = 0                # train.py: AP on FACE.SRC_VAL_FILE every N steps; 0 = off
     C.RUN.EVAL_IMAGES = 0               # evaluate the first N images of that list; 0 = all
+    C.RUN.EVAL_PROTOCOL = "darkface"    # darkface: val_ap | wider: val_ap_wider (all faces) | both
+    C.RUN.EVAL_METRIC = "val_ap"        # the metric best.pth maximises (evaluation/validation.py)
     C.RUN.TENSORBOARD = True
     C.RUN.DDP_BACKEND = "auto"          # auto: nccl on CUDA, gloo otherwise
     return C

@@ -27,8 +27,8 @@ POSITIVE = (
     "NOISE.BATCH_SIZE", "NOISE.CROP", "NOISE.LR", "NOISE.NGF", "NOISE.NDF", "NOISE.PAD",
     "NOISE.MEDIAN",
     "AUG.resize_width", "AUG.resize_height", "AUG.expand_max_ratio",
-    "DETECT.NMS_TOP_K", "DETECT.TOP_K", "LOSS.NEG_POS_RATIOS", "DARKFACE.NUM_VAL",
-    "MODEL.WIDTH",
+    "LOSS.NEG_POS_RATIOS", "DARKFACE.NUM_VAL",
+    "MODEL.WIDTH", "PSEUDO.BATCH_SIZE",
 )
 NON_NEGATIVE = (
     "SOLVER.MAX_STEPS", "SOLVER.WARMUP_LR", "SOLVER.WARMUP_ITERS", "SOLVER.WEIGHT_DECAY",
@@ -38,17 +38,24 @@ NON_NEGATIVE = (
     "ENHANCE.W_COL", "ENHANCE.W_EXP", "NOISE.EPOCHS", "NOISE.EPOCHS_DECAY", "NOISE.LAMBDA_L1",
     "NOISE.GAUSS_SIGMA", "AUG.hue_delta", "AUG.contrast_delta", "AUG.saturation_delta",
     "AUG.brightness_delta", "AUG.min_face_size",
+    "DETECT.NMS_TOP_K", "DETECT.TOP_K",         # 0 = no cap (YuNet's released test setting)
+    "PSEUDO.WEIGHT", "EMA.TAU", "EMA.REFRESH_AFTER",
 )
 PROBABILITIES = (            # [0, 1]
     "AUG.hue_prob", "AUG.contrast_prob", "AUG.saturation_prob", "AUG.brightness_prob",
     "AUG.expand_prob", "AUG.data_anchor_sampling_prob", "SSL.MOCO_M", "FACE.OVERLAP_THRESH",
-    "DETECT.NMS_THRESH", "DETECT.CONF_THRESH", "ENHANCE.EXPOSURE",
+    "DETECT.NMS_THRESH", "DETECT.CONF_THRESH", "ENHANCE.EXPOSURE", "AUG.lowlight_prob",
+    "PSEUDO.HIGH", "PSEUDO.LOW", "PSEUDO.STRONG_LOWLIGHT_PROB", "EMA.DECAY",
 )
 BELOW_ONE = ("SOLVER.MOMENTUM", "NOISE.BETA1")          # [0, 1)
 CHOICES = {
     "RUN.AMP": ("none", "bf16", "fp16"),
     "RUN.DDP_BACKEND": ("auto", "nccl", "gloo"),
     "SOLVER.OPTIMIZER": ("sgd", "adamw"),
+    "FACE.SRC_FORMAT": ("auto", "wider", "retinaface", "labelv2", "laboro"),
+    "FACE.VAL_FORMAT": ("auto", "wider", "retinaface", "labelv2", "laboro"),
+    "RUN.EVAL_PROTOCOL": ("darkface", "wider", "both"),
+    "RUN.EVAL_METRIC": ("val_ap", "val_ap_wider"),
 }
 LENGTHS = {"AUG.img_mean": 3, "ANCHOR.VARIANCE": 2, "NOISE.BILATERAL": 3}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -98,6 +105,12 @@ def _check_details(cfg: Mapping) -> None:
         _fail("ENHANCE.LR_DECAY", cfg.ENHANCE.LR_DECAY, "must lie in (0, 1]")
     if cfg.NOISE.MEDIAN % 2 == 0:
         _fail("NOISE.MEDIAN", cfg.NOISE.MEDIAN, "must be odd (a median filter's aperture)")
+    reported = {"darkface": ("val_ap",), "wider": ("val_ap_wider",)}.get(
+        cfg.RUN.EVAL_PROTOCOL, ("val_ap", "val_ap_wider"))
+    if cfg.RUN.EVAL_METRIC not in reported:
+        _fail("RUN.EVAL_METRIC", cfg.RUN.EVAL_METRIC, f"is not reported by RUN.EVAL_PROTOCOL="
+                                                     f"{cfg.RUN.EVAL_PROTOCOL!r} (it reports "
+                                                     f"{', '.join(reported)})")
     steps = cfg.SOLVER.LR_STEPS
     if any(s < 0 for s in steps) or list(steps) != sorted(steps):
         _fail("SOLVER.LR_STEPS", steps, "must be increasing steps >= 0")
@@ -105,7 +118,18 @@ def _check_details(cfg: Mapping) -> None:
     if not len(a.STEPS) == len(a.ANCHOR_SIZES1) == len(a.ANCHOR_SIZES2):
         _fail("ANCHOR.STEPS", a.STEPS, "must have as many values as ANCHOR.ANCHOR_SIZES1 and "
                                        "ANCHOR.ANCHOR_SIZES2 (one per detection level)")
+    _check_student(cfg)
     for section in ("TRAIN_WEIGHT",):
         for name, weight in cfg[section].items():
             if not weight >= 0:
                 _fail(f"{section}.{name}", weight, "must be >= 0")
+
+
+def _check_student(cfg: Mapping) -> None:
+    """PSEUDO.* / EMA.*: the score band, and what the mean teacher's refresh needs."""
+    if cfg.PSEUDO.LOW > cfg.PSEUDO.HIGH:
+        _fail("PSEUDO.LOW", cfg.PSEUDO.LOW, f"must be <= PSEUDO.HIGH={cfg.PSEUDO.HIGH} (scores "
+                                            f"in [LOW, HIGH) are ignore regions)")
+    if cfg.EMA.REFRESH and not (cfg.EMA.ENABLE and cfg.PSEUDO.ENABLE):
+        _fail("EMA.REFRESH", True, "needs EMA.ENABLE=True (the teacher) and PSEUDO.ENABLE=True "
+                                   "(the target images it labels)")

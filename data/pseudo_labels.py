@@ -255,3 +255,36 @@ def relative_image_path(image: str | Path, data_root: str | Path) -> str:
     except ValueError:
         return str(Path(image).resolve())
     return f"./{rel.as_posix()}"
+
+
+# ---- the student's batches (train.py, PSEUDO.* / EMA.*) -----------------------------------------
+
+def detections_to_targets(dets, high: float, low: float | None = None):
+    """A teacher's detections ``[k, 5 + 2L]`` (normalised ``x1 y1 x2 y2 score`` + landmarks, the
+    registry's ``postprocess`` format) -> training target rows ``[m, 5 + 2L]`` (box, label,
+    landmarks; models/detector.py), split by score as :func:`to_targets`: ``>= high`` label 1,
+    ``[low, high)`` label -1, the rest dropped. Boxes are clipped to the image; boxes left
+    empty are dropped. A torch function (it runs on the teacher's device)."""
+    import torch
+    low = high if low is None else low
+    scores = dets[:, 4]
+    boxes = dets[:, :4].clamp(0, 1)
+    keep = (scores >= low) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    labels = torch.where(scores >= high, float(POSITIVE), float(IGNORE))
+    rows = torch.cat((boxes, labels[:, None], dets[:, 5:]), 1)
+    return rows[keep].float()
+
+
+def pseudo_label_loader(dataset, global_batch: int, rank: int, world: int, seed: int,
+                        num_workers: int = 0, pin_memory: bool = False):
+    """Endless, rank-sharded batches of a detector's training dataset built on pseudo labels:
+    :class:`data.ssl_datasets.CyclingLoader` (its resumable ``state_dict``, shuffle, drop_last)
+    with the detection collate (per-image targets of different lengths; batches are
+    ``(images [B, 3, S, S], [targets [n_i, C]], skipped)``)."""
+    from data.ssl_datasets import CyclingLoader
+    from data.widerface import detection_collate
+    loader = CyclingLoader(dataset, global_batch, rank, world, seed, num_workers=num_workers,
+                           pin_memory=pin_memory, name="PSEUDO.BATCH_SIZE")
+    # CyclingLoader stacks every field (ssl_collate); set before its first iterator exists
+    loader.loader.collate_fn = detection_collate
+    return loader

@@ -3,6 +3,9 @@
 
 The steps, in the reference's order, on a BGR ``uint8`` image with pixel boxes and landmarks:
 
+0. (ours, off by default) with probability ``AUG.lowlight_prob`` the simulated low-light copy
+   of the image, by ``data.augmentations.maybe_low_light`` exactly as the DSFD pipeline does
+   (its own child generator: probability 0 leaves every sample as it was).
 1. :func:`square_crop`: up to 250 trials of a square of side ``int(scale * short side)``,
    ``scale`` uniform among ``CROP_SCALES`` (0.3, 0.45, 0.6, 0.8, 1.0), at a uniform integer
    position. A trial is taken when some face lies wholly inside it (intersection over the
@@ -34,6 +37,8 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 import torch
+
+from data.augmentations import maybe_low_light
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +185,14 @@ def resize_subtract_mean(image: np.ndarray, size: int, mean: Sequence[float],
 
 def preproc(image: np.ndarray, faces: Faces, img_dim: int, mean: Sequence[float],
             rng: np.random.Generator, scales: Sequence[float] = CROP_SCALES,
-            min_face: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1-5: BGR uint8 ``[H, W, 3]`` + faces (at least one) -> ``(image [3, S, S] float32,
+            min_face: float = 0.0, lowlight_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 0-5: BGR uint8 ``[H, W, 3]`` + faces (at least one) -> ``(image [3, S, S] float32,
     target [m, 15] float32)``, target rows ``x1, y1, x2, y2, label, 5 x (x, y)`` normalised by
     the (cropped or padded) image size, landmarks -1 for faces without them."""
     if len(faces.boxes) == 0:
         raise ValueError("preproc needs at least one face (the reference asserts it)")
+    # maybe_low_light simulates on RGB
+    image = np.ascontiguousarray(maybe_low_light(image[..., ::-1], lowlight_prob, rng)[..., ::-1])
     h, w = image.shape[:2]
     image, faces, pad = square_crop(image, faces, img_dim, draw_crop_trials(rng, w, h, scales),
                                     min_face)
@@ -221,7 +228,8 @@ class RetinaFaceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records, image_size: int = 640, mean: Sequence[float] = (104, 117, 123),
-                 seed: int = 0, scales: Sequence[float] = CROP_SCALES, min_face: float = 0.0):
+                 seed: int = 0, scales: Sequence[float] = CROP_SCALES, min_face: float = 0.0,
+                 lowlight_prob: float = 0.0):
         records = list(records)
         self.records = [r for r in records if len(r.boxes)]
         if len(self.records) < len(records):
@@ -233,6 +241,7 @@ class RetinaFaceDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.scales = tuple(scales)
         self.min_face = float(min_face)
+        self.lowlight_prob = float(lowlight_prob)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -263,21 +272,19 @@ class RetinaFaceDataset(torch.utils.data.Dataset):
                 index = int(rng.integers(len(self)))
                 continue
             image, target = preproc(image, record_faces(record), self.image_size, self.mean, rng,
-                                    self.scales, self.min_face)
+                                    self.scales, self.min_face, self.lowlight_prob)
             return torch.from_numpy(image), torch.from_numpy(target), skipped
         raise RuntimeError(f"no readable image after {MAX_DRAWS} draws ({skipped} unreadable); "
                            "check the image paths")
 
 
-def build_retinaface_dataset(cfg, list_file, root=None, seed: int = 0) -> RetinaFaceDataset:
-    """The training dataset of ``data/detection_datasets.py``: records of ``list_file`` read in
-    ``RETINAFACE.ANNOTATION_FORMAT``. Image paths: ``RETINAFACE.IMAGE_ROOT`` when set, else
-    ``root`` for the ``wider`` list format and the format's own layout for the others
-    (``images/`` beside ``label.txt``)."""
-    from data.annotations import detect_format, read_annotations
+def build_retinaface_dataset(cfg, list_file, root=None, seed: int = 0,
+                             records=None) -> RetinaFaceDataset:
+    """The training dataset of ``data/detection_datasets.py``: ``records`` (FaceRecords), or
+    those of ``list_file`` read as FACE.SRC_FORMAT (data/detection_datasets.py)."""
+    if records is None:
+        from data.detection_datasets import read_training_records
+        records = read_training_records(cfg, list_file, root)
     r = cfg.RETINAFACE
-    fmt = r.ANNOTATION_FORMAT if r.ANNOTATION_FORMAT != "auto" else detect_format(list_file)
-    image_root = r.IMAGE_ROOT or (root if fmt == "wider" else None)
-    records = read_annotations(Path(list_file), fmt, root=image_root)
     return RetinaFaceDataset(records, r.IMAGE_SIZE, cfg.AUG.img_mean, seed, r.CROP_SCALES,
-                             r.MIN_FACE_PX)
+                             r.MIN_FACE_PX, cfg.AUG.lowlight_prob)

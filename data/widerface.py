@@ -127,13 +127,14 @@ class WIDERDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, list_file: str | Path, aug, root: str | Path = ".", train: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, records: list | None = None):
         self.list_file = str(list_file)
         self.aug = aug
         self.train = train
         self.seed = int(seed)
         self.epoch = 0
-        self.records = parse_list_file(list_file, root=root)
+        # ``records``: annotations read elsewhere (another format, pseudo labels), else the list
+        self.records = parse_list_file(list_file, root=root) if records is None else records
         if not self.records:
             raise ValueError(f"list file {list_file} has no image with a valid box")
 

@@ -4,6 +4,11 @@
 keep_ratio=False)`` -> ``RandomFlip(0.5)`` -> ``Normalize(mean 0, std 1, to_rgb=False)``: the
 network sees BGR float32 in 0..255. The official semantics, step by step:
 
+* (ours, off by default) **low light**: with probability ``AUG.lowlight_prob`` the image is
+  replaced by its simulated low-light copy first, by ``data.augmentations.maybe_low_light``
+  exactly as the DSFD pipeline does (its own child generator, so the other draws are unchanged
+  and probability 0 leaves every sample as it was).
+
 * **RandomSquareCrop**: the side is ``int(scale * min(W, H))`` with ``scale`` drawn from
   ``crop_choice``; the top-left corner is uniform over the integer positions that keep the
   square inside the image (``[0, W - side]``) or, for a square larger than the image, that keep
@@ -30,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.augmentations import maybe_low_light
 from data.widerface import MAX_DRAWS
 
 logger = logging.getLogger(__name__)
@@ -130,11 +136,17 @@ def read_bgr(path: str) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
+def low_light_bgr(img: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """:func:`data.augmentations.maybe_low_light` on a BGR uint8 image (it simulates RGB)."""
+    return np.ascontiguousarray(maybe_low_light(img[..., ::-1], prob, rng)[..., ::-1])
+
+
 def yunet_sample(img: np.ndarray, boxes: np.ndarray, points: np.ndarray, labels: np.ndarray,
                  crop_choice: Sequence[float], size: int, flip_ratio: float,
-                 rng: np.random.Generator):
-    """The whole pipeline on a BGR image -> ``(image [3, S, S] float32, target [m, 15])`` or
-    None when the crop finds no face."""
+                 rng: np.random.Generator, lowlight_prob: float = 0.0):
+    """The whole pipeline on a BGR uint8 image -> ``(image [3, S, S] float32, target [m, 15])``
+    or None when the crop finds no face."""
+    img = low_light_bgr(img, lowlight_prob, rng)
     cropped = random_square_crop(img.astype(np.float32), boxes, points, crop_choice, rng)
     if cropped is None:
         return None
@@ -161,12 +173,13 @@ class YuNetTrainDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: list, crop_choice: Sequence[float], size: int = 640,
-                 flip_ratio: float = 0.5, seed: int = 0):
+                 flip_ratio: float = 0.5, seed: int = 0, lowlight_prob: float = 0.0):
         self.records = [r for r in records if len(r.boxes)]
         if not self.records:
             raise ValueError("no annotation record with a face to train on")
         self.crop_choice = [float(c) for c in crop_choice]
         self.size, self.flip_ratio, self.seed = int(size), float(flip_ratio), int(seed)
+        self.lowlight_prob = float(lowlight_prob)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -197,7 +210,7 @@ class YuNetTrainDataset(torch.utils.data.Dataset):
             sample = yunet_sample(img, np.asarray(record.boxes, np.float64),
                                   np.asarray(record.landmarks, np.float64),
                                   np.asarray(record.labels), self.crop_choice, self.size,
-                                  self.flip_ratio, rng)
+                                  self.flip_ratio, rng, self.lowlight_prob)
             if sample is None:
                 index = int(rng.integers(len(self)))
                 continue
@@ -207,10 +220,14 @@ class YuNetTrainDataset(torch.utils.data.Dataset):
                            f"images); check the image paths")
 
 
-def build_yunet_dataset(cfg, list_file: str | Path, root, seed: int) -> YuNetTrainDataset:
-    """The training dataset of ``yunet_n`` / ``yunet_s`` (``data/detection_datasets.py``): any
-    annotation format of ``data/annotations.py``, the YUNET section's augmentation."""
-    from data.annotations import read_annotations
-    records = read_annotations(list_file, "auto", root=root or None, split="train")
+def build_yunet_dataset(cfg, list_file: str | Path, root, seed: int,
+                        records=None) -> YuNetTrainDataset:
+    """The training dataset of ``yunet_n`` / ``yunet_s`` (``data/detection_datasets.py``):
+    ``records`` (FaceRecords), or those of ``list_file`` read as FACE.SRC_FORMAT; the YUNET
+    section's augmentation, AUG.lowlight_prob's simulated low light."""
+    if records is None:
+        from data.detection_datasets import read_training_records
+        records = read_training_records(cfg, list_file, root)
     y = cfg.YUNET
-    return YuNetTrainDataset(records, y.CROP_CHOICE, y.INPUT_SIZE, y.FLIP_RATIO, seed)
+    return YuNetTrainDataset(records, y.CROP_CHOICE, y.INPUT_SIZE, y.FLIP_RATIO, seed,
+                             cfg.AUG.lowlight_prob)

@@ -83,4 +83,4 @@ def box_vote(dets: np.ndarray, iou_thresh: float = 0.3, top_k: int = 750) -> np.
                          for k in range(4)], 1)
     keep = sizes > 1                                                  # isolated boxes dropped
     out = np.concatenate([weighted[keep] / total[keep, None], scores[leaders[keep], None]], 1)
-    return out[:top_k]
+    return out[:top_k] if top_k > 0 else out          # 0: no cap

@@ -34,7 +34,7 @@ def postprocess(loc: Tensor, conf: Tensor, priors: Tensor, variances: Sequence[f
     conf = conf.float()
     others = torch.cat((conf[..., :FACE], conf[..., FACE + 1:]), -1).amax(-1)
     margin = conf[..., FACE] - others                                      # [B, P]
-    k = min(nms_top_k, P)
+    k = min(nms_top_k, P) if nms_top_k > 0 else P            # 0: no cap
     top_margin, top_idx = margin.topk(k, dim=1, sorted=False)              # [B, k]
     # p_face > t implies margin > log(t / (1 - t)); the exact test is on the softmax below
     bound = math.log(conf_thresh / (1 - conf_thresh)) - 1e-4 if 0 < conf_thresh < 1 else -math.inf
@@ -51,6 +51,8 @@ def postprocess(loc: Tensor, conf: Tensor, priors: Tensor, variances: Sequence[f
     counts = torch.bincount(kept_img, minlength=B)
     first = torch.cumsum(counts, 0) - counts                                # start of each image
     rank = torch.arange(len(keep), device=keep.device) - first[kept_img]
-    keep = keep[rank < top_k]
+    if top_k > 0:                                                            # 0: no cap
+        keep = keep[rank < top_k]
+        counts = counts.clamp(max=top_k)
     rows = torch.cat((boxes[keep], scores[keep, None]), 1)
-    return list(rows.split(counts.clamp(max=top_k).tolist()))
+    return list(rows.split(counts.tolist()))

@@ -20,6 +20,17 @@ The released configuration (libfacedetection.train ``yunet_n.py`` / ``yunet_s.py
   ``W_KPS`` x smooth L1 (``beta = KPS_BETA``) of the positives' landmark offsets (in stride
   units), each face weighted by the fraction of its 5 points that are annotated and divided by
   the sum of those weights (faces without landmarks, all -1, weigh 0).
+
+**Ignore rows** (ours; the project's pseudo-label convention, as the DSFD and RetinaFace losses):
+a target row labelled -1 is an ignore region. The faces are assigned without them (SimOTA on the
+label-1 rows only), so no ignore row is ever a positive and a face's positives do not depend on
+the ignore rows. A second SimOTA run with every row treated as a face gives the priors SimOTA
+would assign to each ignore box if it were a face (its dynamic-k cheapest candidates, conflicts
+with faces resolved by cost as usual), kept when they are the box's own candidates (centre in
+the box or its centre square: a box beyond the image covers nothing): those priors, unless they
+are positives of a face, are *ignored*, i.e. left out of the objectness term (the only term with
+negatives). Without -1 rows the second run does not happen and every term is bit for bit the
+released loss.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ CANDIDATE_TOPK = 10
 IOU_WEIGHT = 3.0
 CLS_WEIGHT = 1.0
 EPS_KPS = torch.finfo(torch.float32).eps    # mmdetection's avg_factor epsilon
+IGNORE_LABEL = -1           # an ignore region (a pseudo box between two thresholds)
 
 
 # ---- box losses (elementwise over aligned rows, x1, y1, x2, y2) --------------------------------
@@ -192,8 +204,9 @@ class YuNetLoss(nn.Module):
     """``loss(out, targets, image_size) -> {"loss_cls", "loss_obj", "loss_bbox", "loss_kps"}``.
 
     ``out``: :class:`models.yunet.YuNetOutput`; ``targets``: per-image ``[n, 15]`` float tensors
-    (normalised x1, y1, x2, y2, label, 10 landmark coordinates or -1; every row is a face);
-    ``image_size``: the input's (H, W). Each term is already weighted."""
+    (normalised x1, y1, x2, y2, label, 10 landmark coordinates or -1; label 1 is a face, -1 an
+    ignore region, see the module doc); ``image_size``: the input's (H, W). Each term is
+    already weighted."""
 
     def __init__(self, strides=(8, 16, 32), center_radius: float = 2.5, w_cls: float = 1.0,
                  w_obj: float = 1.0, w_bbox: float = 5.0, w_kps: float = 0.1,
@@ -238,9 +251,9 @@ class YuNetLoss(nn.Module):
         visible = ~(gt_points == -1).all(-1)                                  # [B, G, 5]
         gt_points = gt_points * scale
 
-        pos, gt_index, pos_iou = simota_assign(
+        pos, gt_index, pos_iou, ignored = self.assign(
             xy + 0.5 * s, priors[:, 2], cls.sigmoid() * obj.sigmoid(), decoded.detach(),
-            gt_boxes, valid, self.center_radius)
+            gt_boxes, valid, truth[..., 4])
 
         # N: the positives averaged over ranks (mmdetection's reduce_mean), at least 1
         num_pos = pos.sum().float()
@@ -250,7 +263,12 @@ class YuNetLoss(nn.Module):
 
         loss_cls = F.binary_cross_entropy_with_logits(cls[b_idx, p_idx], pos_iou[b_idx, p_idx],
                                                       reduction="sum") / n
-        loss_obj = F.binary_cross_entropy_with_logits(obj, pos.float(), reduction="sum") / n
+        if ignored is None:
+            loss_obj = F.binary_cross_entropy_with_logits(obj, pos.float(), reduction="sum") / n
+        else:                                  # ignored priors are neither positive nor negative
+            keep = ~ignored
+            loss_obj = F.binary_cross_entropy_with_logits(obj[keep], pos[keep].float(),
+                                                          reduction="sum") / n
         loss_bbox = self.box_loss(decoded[b_idx, p_idx], gt_boxes[b_idx, g_idx]).sum() / n
 
         # landmarks, in stride units from the cell's corner; weight = annotated fraction
@@ -266,3 +284,30 @@ class YuNetLoss(nn.Module):
 
         return {"loss_cls": self.w_cls * loss_cls, "loss_obj": self.w_obj * loss_obj,
                 "loss_bbox": self.w_bbox * loss_bbox, "loss_kps": self.w_kps * loss_kps}
+
+    @torch.no_grad()
+    def assign(self, centres: Tensor, strides: Tensor, scores: Tensor, decoded: Tensor,
+               gt_boxes: Tensor, valid: Tensor, labels: Tensor):
+        """SimOTA of the faces, and the priors the ignore rows cover (module doc).
+
+        Arguments as :func:`simota_assign`, plus ``labels [B, G]``. Returns ``pos``,
+        ``gt_index``, ``pos_iou`` (of the faces only) and ``ignored [B, P]`` bool, or None when
+        no row is an ignore row (then this is exactly :func:`simota_assign`)."""
+        is_ignore = valid & (labels == IGNORE_LABEL)                         # [B, G]
+        if not bool(is_ignore.any()):
+            return (*simota_assign(centres, strides, scores, decoded, gt_boxes, valid,
+                                   self.center_radius), None)
+        pos, gt_index, pos_iou = simota_assign(centres, strides, scores, decoded, gt_boxes,
+                                               valid & ~is_ignore, self.center_radius)
+        # every row a face: the priors SimOTA gives to an ignore box, among its own candidates
+        # (a box with none, e.g. beyond the image, would otherwise take a prior at cost 1e5)
+        all_pos, all_index, _ = simota_assign(centres, strides, scores, decoded, gt_boxes,
+                                              valid, self.center_radius)
+        box = gt_boxes.gather(1, all_index[..., None].expand(-1, -1, 4))     # [B, P, 4]
+        cx, cy = centres[None, :, 0], centres[None, :, 1]
+        x1, y1, x2, y2 = box.unbind(-1)
+        r = self.center_radius * strides[None]
+        own = (((cx > x1) & (cy > y1) & (cx < x2) & (cy < y2))
+               | (((cx - (x1 + x2) / 2).abs() < r) & ((cy - (y1 + y2) / 2).abs() < r)))
+        covered = all_pos & is_ignore.gather(1, all_index) & own             # [B, P]
+        return pos, gt_index, pos_iou, covered & ~pos

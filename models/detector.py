@@ -95,7 +95,8 @@ class DetectorEntry:
     returns ``loss(out, targets, image_size) -> dict[str, Tensor]``; ``postprocess(cfg)``
     returns ``fn(out, image_size) -> list[Tensor]`` (see the module doc for both formats);
     ``input_spec(cfg)`` the :class:`InputSpec`. ``preset`` is the preset file applied when
-    ``MODEL.NAME`` selects this entry.
+    ``MODEL.NAME`` selects this entry. ``export_onnx(net, path)`` writes the deployable graph
+    (dynamic H and W; ``models/onnx_runner.py`` runs it with the same decoding).
 
     The training dataset of each detector (its augmentation, producing ``(input [3, S, S]
     float32, target, skipped)`` samples) is registered on the data side, in
@@ -109,6 +110,7 @@ class DetectorEntry:
     num_landmarks: int = 0
     preset: str = ""
     check: Callable[[Any], None] | None = None     # raises naming the key when cfg misfits
+    export_onnx: Callable[..., Any] | None = None
     extra: dict = field(default_factory=dict)
 
 

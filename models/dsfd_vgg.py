@@ -8,6 +8,7 @@ Attribute names and ModuleList indices are the reference's (``vgg.31`` is the di
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -219,3 +220,34 @@ class DSFD(nn.Module):
         loc1, conf1 = self._heads(self._pal1_sources(raw), self.loc_pal1, self.conf_pal1)
         loc2, conf2 = self._heads(self._pal2_sources(raw), self.loc_pal2, self.conf_pal2)
         return DSFDOutput(loc1, conf1, loc2, conf2, sizes)
+
+
+# -- deployment ----------------------------------------------------------------------------
+
+class SecondShot(nn.Module):
+    """The exported graph: the detector's test-time outputs."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image):
+        out = self.net(image)
+        return out.loc_pal2, torch.softmax(out.conf_pal2, -1)[..., 1]
+
+
+def export_dsfd_onnx(net: nn.Module, path, opset: int = 17):
+    """The deployable graph: input ``image`` [1, 3, H, W] (RGB minus the mean), outputs the
+    second shot's ``loc`` [1, P, 4] and face ``score`` [1, P]; anchors, decoding and NMS stay
+    outside (``models/onnx_runner.py``). Traced at a small size with height and width marked
+    dynamic (TorchScript exporter: the torch.export-based one specialises this network's
+    shapes)."""
+    example = torch.zeros(1, 3, 128, 160)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(SecondShot(net.eval()), (example,), str(path), dynamo=False,
+                          input_names=["image"], output_names=["loc", "score"],
+                          dynamic_axes={"image": {2: "height", 3: "width"},
+                                        "loc": {1: "anchors"}, "score": {1: "anchors"}},
+                          opset_version=opset)
+    return path

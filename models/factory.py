@@ -54,10 +54,15 @@ def _dsfd_check(cfg) -> None:
                              f"6 detection levels")
 
 
+def _dsfd_export(net, path):
+    from models.dsfd_vgg import export_dsfd_onnx
+    return export_dsfd_onnx(net, path)
+
+
 def dsfd_entry() -> DetectorEntry:
     return DetectorEntry(build=_dsfd_build, criterion=_dsfd_criterion,
                          postprocess=_dsfd_postprocess, input_spec=_dsfd_input, num_landmarks=0,
-                         preset="", check=_dsfd_check)
+                         preset="", check=_dsfd_check, export_onnx=_dsfd_export)
 
 
 def _yunet(variant: str) -> Callable[[], DetectorEntry]:
@@ -108,3 +113,19 @@ def build_detector(model_cfg, num_classes: int = 2) -> nn.Module:
         raise ValueError(f"config key MODEL.NAME={model_cfg.NAME!r}: build it with "
                          f"models.factory.build_net(cfg)")
     return DSFD(num_classes=num_classes, width=model_cfg.WIDTH)
+
+
+def ssl_input_is_bgr(cfg) -> bool:
+    """The task loaders normalise RGB pixels by AUG.img_mean (given B, G, R); a BGR detector
+    (YuNet, RetinaFace) reads the same tensors with the channels flipped, which is exact when
+    its input mean is AUG.img_mean and it does not scale."""
+    spec = get_entry(cfg.MODEL.NAME).input_spec(cfg)
+    bgr_mean = tuple(cfg.AUG.img_mean)
+    mean = bgr_mean if spec.channel_order == "BGR" else bgr_mean[::-1]
+    if tuple(spec.mean) != mean or any(s != 1 for s in spec.std):
+        raise ValueError(f"config key AUG.img_mean={list(cfg.AUG.img_mean)} does not match the "
+                         f"input normalisation of MODEL.NAME={cfg.MODEL.NAME} (mean "
+                         f"{list(spec.mean)} in {spec.channel_order} order, std "
+                         f"{list(spec.std)}); the self-supervised loaders would feed it "
+                         f"wrongly normalised images")
+    return spec.channel_order == "BGR"

@@ -11,6 +11,12 @@ in feature mode (only the maps the heads read). For a detector without BatchNorm
 same-size batches of different tasks are concatenated into one pass, since samples do not
 interact; with BatchNorm every task batch gets its own pass, so that one task's statistics never
 normalise another's (the batches stay what each task's loader made them).
+
+BatchNorm under DDP: each rank normalises with its own batch (no SyncBN), so each rank's running
+statistics would drift apart (DDP runs with ``broadcast_buffers=False`` for the MoCo queues).
+Once every pass of a step has run, before MoCo's key encoders copy them, the detector's running
+means and variances are averaged over the ranks (one all-reduce), so the ranks hold identical
+detectors at every step and a checkpoint written by rank 0 is every rank's state.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from utils import dist
 from utils.checkpoint import load_file, strip_prefix
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,8 @@ class HLATrainer(nn.Module):
             batches = {k: [t.flip(1) if t.dim() == 4 else t for t in v] for k, v in batches.items()}
         queries = [task.query_images(batches) for task in self.tasks]
         feats = self.features([x for q in queries for x in q])
+        if self.net.training and getattr(self.net, "has_batchnorm", False):
+            average_batchnorm_statistics(self.net)      # the step's last update (module doc)
         losses, i = {}, 0
         for task, q in zip(self.tasks, queries):
             losses.update(task.losses(getattr(self, task.attr), feats[i:i + len(q)], batches))
@@ -73,6 +82,27 @@ class HLATrainer(nn.Module):
             for j, i in enumerate(members):
                 out[i] = [level[j] for level in levels]
         return out
+
+
+@torch.no_grad()
+def average_batchnorm_statistics(module: nn.Module) -> None:
+    """Running means and variances of the training-mode BatchNorms of ``module`` averaged over
+    the ranks (one all-reduce; a no-op in one process).
+
+    Called between the forward and the backward of a step: the step's graph holds these
+    buffers, so they are rewritten through ``.data`` (the version check would refuse an in-place
+    write). No gradient changes: a training-mode BatchNorm's backward reads the batch
+    statistics, never the running ones (eval-mode BatchNorms, whose backward would, are left
+    alone; their statistics do not move anyway)."""
+    if not dist.is_distributed():
+        return
+    buffers = [b.data for m in module.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for b in (m.running_mean, m.running_var) if b is not None]
+    if not buffers:
+        return
+    flat = dist.all_reduce_sum(torch.cat([b.reshape(-1) for b in buffers])) / dist.world_size()
+    torch._foreach_copy_(buffers, list(flat.split([b.numel() for b in buffers])))
 
 
 # ---------------------------------------------------------------------------------------------

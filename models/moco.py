@@ -24,12 +24,17 @@ RetinaFace):
 * under DDP the key images are shuffled across the ranks before the key encoder and the keys
   unshuffled after (MoCo's shuffling BN), with one permutation drawn on rank 0;
 * in one process there is no other rank to shuffle with, so the key encoder runs with its
-  BatchNorm in eval mode: its running statistics (which follow the query encoder's by the same
-  momentum as the weights) normalise every key on its own, so no statistic is shared between a
-  query batch and its keys.
+  BatchNorm in eval mode: its running statistics normalise every key on its own, so no
+  statistic is shared between a query batch and its keys.
+
+Either way the key encoder's running statistics follow the query encoder's by the same momentum
+as the weights, and nothing else moves them (the shuffled train-mode pass leaves them as they
+were): with the query statistics equal on every rank (``models/hla_trainer.py`` averages them
+each step), the key encoders stay identical across ranks, buffers included.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -81,13 +86,13 @@ class MoCo(nn.Module):
         """theta_k <- m theta_k + (1 - m) theta_q, i.e. theta_k += (1 - m)(theta_q - theta_k)."""
         keys, queries = self._key_pairs()
         torch._foreach_lerp_(keys, [q.detach() for q in queries], 1.0 - self.m)
-        if self.batchnorm and not dist.is_distributed():
+        if self.batchnorm:
             self._momentum_update_bn_statistics()
 
     @torch.no_grad()
     def _momentum_update_bn_statistics(self) -> None:
-        """BatchNorm running means/variances of the eval-mode key encoder follow the query
-        encoder's by momentum ``m`` (the one-process BN path; see the module doc)."""
+        """BatchNorm running means/variances of the key encoder follow the query encoder's by
+        momentum ``m`` (see the module doc)."""
         query = dict(self.encoder_q.named_buffers())
         for name, b in self.encoder_k.named_buffers():
             if b.is_floating_point() and name in query:
@@ -98,7 +103,8 @@ class MoCo(nn.Module):
         """Normalised keys of ``im_k`` at every level: ``[N, L, dim]`` float32."""
         if self.batchnorm and dist.is_distributed():
             im_k, unshuffle = _batch_shuffle_ddp(im_k)
-            feats = self.encoder_k(im_k)
+            with _statistics_kept(self.encoder_k):      # batch statistics normalise, and only
+                feats = self.encoder_k(im_k)
             keys = torch.stack([F.normalize(k.float(), dim=1) for k in self.head_k(feats)], 1)
             return _batch_unshuffle_ddp(keys, unshuffle)
         if self.batchnorm:
@@ -151,6 +157,20 @@ class MoCo(nn.Module):
 
     def forward(self, im_q: Tensor, im_k: Tensor) -> Tensor:
         return self.contrastive_loss(self.encoder_q.features(im_q), im_k)
+
+
+@contextlib.contextmanager
+def _statistics_kept(module: nn.Module):
+    """Run ``module`` in training mode without moving its BatchNorm buffers (running mean,
+    variance, batch count): they are put back as they were afterwards."""
+    buffers = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers()]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(buffers, saved)
 
 
 @torch.no_grad()

@@ -20,9 +20,9 @@ sets them for every detector. Registered here:
 * ``yunet_n``, ``yunet_s``: the official libfacedetection.train export: ``input`` [N, 3, H, W]
   BGR in 0..255, H and W multiples of 32 (the image is zero-padded bottom/right, as
   ``cv2.FaceDetectorYN`` does) -> per stride s in 8, 16, 32: ``cls_s``, ``obj_s`` [N, HW, 1]
-  (sigmoids applied), ``bbox_s`` [N, HW, 4], ``kps_s`` [N, HW, 10]. For the cell (col, row):
-  score = sqrt(cls * obj), centre = ((col + dx) s, (row + dy) s), size = (exp(dw) s,
-  exp(dh) s), landmarks ((col + kx) s, (row + ky) s); then torchvision NMS.
+  (sigmoids applied), ``bbox_s`` [N, HW, 4], ``kps_s`` [N, HW, 10]; decoded by
+  ``layers.yunet_postprocess.YuNetPostprocess.from_onnx``, the PyTorch path's post-processing
+  (score ``YUNET.SCORE``, NMS boxes ``YUNET.NMS_BOXES``).
 * ``retinaface_mnet``, ``retinaface_r50``: ``models.retinaface.export_retinaface_onnx``'s graph
   (``loc``, softmax ``conf``, ``landms``), decoded with the registry entry's own input spec and
   post-processing.
@@ -39,7 +39,6 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import nms
 
 Size = tuple[int, int]
 
@@ -140,17 +139,28 @@ YUNET_DIVISOR = 32
 
 
 class YuNetDecoder:
-    """The official YuNet ONNX layout (module doc); plain values, no config needed.
-    ``top_k`` (candidates into NMS) and ``keep_top_k`` (kept after it) <= 0 mean no cap."""
+    """The official YuNet ONNX layout (module doc), decoded by the PyTorch path's own
+    :meth:`layers.yunet_postprocess.YuNetPostprocess.from_onnx`, so an export and the network
+    give the same detections. Plain values, no config needed: ``top_k`` (candidates into NMS)
+    and ``keep_top_k`` (kept after it) <= 0 mean no cap; ``score`` and ``nms_boxes`` as
+    ``YUNET.SCORE`` / ``YUNET.NMS_BOXES`` (the defaults: OpenCV ``FaceDetectorYN``'s)."""
 
     num_landmarks = 5
 
     def __init__(self, score_thresh: float = 0.02, nms_thresh: float = 0.45,
                  top_k: int = 5000, keep_top_k: int = 750,
-                 strides: Sequence[int] = YUNET_STRIDES, divisor: int = YUNET_DIVISOR):
-        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
-        self.top_k, self.keep_top_k = top_k, keep_top_k
-        self.strides, self.divisor = tuple(strides), divisor
+                 strides: Sequence[int] = YUNET_STRIDES, divisor: int = YUNET_DIVISOR,
+                 score: str = "sqrt", nms_boxes: str = "opencv"):
+        from layers.yunet_postprocess import YuNetPostprocess
+        self.post = YuNetPostprocess(strides, score_thresh, nms_thresh, keep_top_k, top_k,
+                                     score, nms_boxes)
+        self.divisor = divisor
+
+    @classmethod
+    def from_config(cls, cfg) -> "YuNetDecoder":
+        d, y = cfg.DETECT, cfg.YUNET
+        return cls(d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K, y.STRIDES,
+                   score=y.SCORE, nms_boxes=y.NMS_BOXES)
 
     def inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         h, w = rgb.shape[:2]
@@ -159,46 +169,18 @@ class YuNetDecoder:
         x[0, :, :h, :w] = rgb[..., ::-1].transpose(2, 0, 1)        # BGR, 0..255, no mean
         return {"input": x}
 
-    def candidates(self, outputs, input_size: Size) -> tuple[Tensor, Tensor]:
-        """All cells of all strides: scores [P] and rows [P, 14] (box corners, landmarks) in
-        pixels of the padded input."""
-        h, w = input_size
-        scores, rows = [], []
-        for s in self.strides:
-            cols = w // s
-            cls = torch.from_numpy(outputs[f"cls_{s}"][0, :, 0]).clamp(0, 1)
-            obj = torch.from_numpy(outputs[f"obj_{s}"][0, :, 0]).clamp(0, 1)
-            box = torch.from_numpy(outputs[f"bbox_{s}"][0])                   # [n, 4]
-            kps = torch.from_numpy(outputs[f"kps_{s}"][0]).view(-1, 5, 2)     # [n, 5, 2]
-            cell = torch.arange(len(cls))
-            grid = torch.stack((cell % cols, cell // cols), 1).float()        # [n, 2] col, row
-            centre = (grid + box[:, :2]) * s
-            size = box[:, 2:].exp() * s
-            points = (grid[:, None] + kps) * s                                # [n, 5, 2]
-            scores.append((cls * obj).sqrt())
-            rows.append(torch.cat((centre - size / 2, centre + size / 2,
-                                   points.flatten(1)), 1))
-        return torch.cat(scores), torch.cat(rows)
-
     def decode(self, outputs, input_size, image_size) -> Tensor:
-        scores, rows = self.candidates(outputs, input_size)
-        keep = (scores > self.score_thresh).nonzero().squeeze(1)
-        keep = keep[_cap(scores[keep].argsort(descending=True, stable=True), self.top_k)]
-        keep = keep[_cap(nms(rows[keep, :4], scores[keep], self.nms_thresh), self.keep_top_k)]
-        h, w = image_size
-        scale = torch.tensor([w, h], dtype=torch.float32)
-        boxes = rows[keep, :4] / scale.repeat(2)
-        points = rows[keep, 4:] / scale.repeat(5)
-        return torch.cat((boxes, scores[keep, None], points), 1)
-
-
-def _cap(index: Tensor, k: int) -> Tensor:
-    return index[:k] if k > 0 else index
+        from models.yunet import OUTPUT_NAMES
+        d = self.post.from_onnx([outputs[name] for name in OUTPUT_NAMES], input_size)[0]
+        (ih, iw), (h, w) = input_size, image_size
+        if (ih, iw) != (h, w):                      # padded input: normalise by the image
+            scale = torch.tensor([iw / w, ih / h]).repeat(2 + self.num_landmarks)
+            d = torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
+        return d
 
 
 def yunet_decoder(cfg) -> YuNetDecoder:
-    d = cfg.DETECT
-    return YuNetDecoder(d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K)
+    return YuNetDecoder.from_config(cfg)
 
 
 # ---- RetinaFace (models/retinaface.py's export) ------------------------------------------------

@@ -365,5 +365,5 @@ def retinaface_entry(name: str) -> DetectorEntry:
                          postprocess=retinaface_postprocess, input_spec=_input_spec,
                          num_landmarks=NUM_LANDMARKS,
                          preset=f"configs/models/{name}.yaml", check=_check,
-                         extra={"onnx_export": export_retinaface_onnx,
-                                "load_weights": load_retinaface_weights})
+                         export_onnx=export_retinaface_onnx,
+                         extra={"load_weights": load_retinaface_weights})

@@ -191,24 +191,15 @@ class YuNetHead(nn.Module):
 
 
 class YuNetKeyEncoder(nn.Module):
-    """A frozen copy of the backbone and neck; ``forward`` equals :meth:`YuNet.features` in
-    eval mode. Its BatchNorm layers stay in eval mode (running statistics, updated only by the
-    momentum copy of the query's buffers): keys must not share batch statistics, MoCo's reason
-    for shuffled BN."""
+    """A frozen copy of the backbone and neck; ``forward`` equals :meth:`YuNet.features`. How
+    its BatchNorm runs for MoCo keys (shuffled across ranks under DDP, eval mode with
+    momentum-tracked statistics in one process) is decided by ``models/moco.py``."""
 
     def __init__(self, net: "YuNet"):
         super().__init__()
         self.backbone = copy.deepcopy(net.backbone)
         self.neck = copy.deepcopy(net.neck)
         self.requires_grad_(False)
-        self.train(net.training)
-
-    def train(self, mode: bool = True) -> "YuNetKeyEncoder":
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.neck(self.backbone(x))
@@ -442,5 +433,5 @@ def yunet_entry(variant: str) -> DetectorEntry:
     return DetectorEntry(build=build, criterion=criterion, postprocess=postprocess,
                          input_spec=input_spec,
                          num_landmarks=NUM_LANDMARKS, preset=f"configs/models/{variant}.yaml",
-                         check=_check, extra={"export_onnx": export_yunet_onnx,
-                                              "load_weights": load_yunet_weights})
+                         check=_check, export_onnx=export_yunet_onnx,
+                         extra={"load_weights": load_yunet_weights})

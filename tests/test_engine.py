@@ -45,7 +45,9 @@ def test_a_blown_up_learning_rate_never_reaches_a_checkpoint(data, tmp_path, cap
 
 
 def test_a_non_finite_gradient_stops_before_the_step(data, tmp_path, monkeypatch, caplog):
-    class PoisonedGradient(train.ProgressiveAnchorLoss):
+    from layers.multibox_loss import ProgressiveAnchorLoss
+
+    class PoisonedGradient(ProgressiveAnchorLoss):
         calls = 0
 
         def forward(self, *args, **kwargs):
@@ -55,7 +57,8 @@ def test_a_non_finite_gradient_stops_before_the_step(data, tmp_path, monkeypatch
                 losses["poison"] = torch.sqrt(losses["loc_pal1"] * 0)
             return losses
 
-    monkeypatch.setattr(train, "ProgressiveAnchorLoss", PoisonedGradient)
+    monkeypatch.setattr(train, "build_criterion", lambda cfg: PoisonedGradient(
+        cfg.ANCHOR, cfg.FACE.OVERLAP_THRESH, cfg.LOSS.NEG_POS_RATIOS))
     rc = train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 3,
                                                             "RUN.CKPT_EVERY": 1}))
     assert rc == 1

@@ -195,3 +195,25 @@ def test_build_from_annotation_file(tmp_path):
     image, target, skipped = ds[0]
     assert image.shape == (3, 96, 96) and skipped == 0
     assert len(ds) == 2 and ds.records[0].path == records[0].path
+
+
+def test_lowlight_probability(tmp_path):
+    """AUG.lowlight_prob: 0 (or a probability that never fires, which still draws from its own
+    child generator) leaves the samples as they were; 1 darkens them with the same targets."""
+    records = _records(tmp_path)
+    cfg = default_config()
+    cfg.RETINAFACE.IMAGE_SIZE = 64
+    datasets = {}
+    for prob in (0.0, 1e-300, 1.0):
+        cfg.AUG.lowlight_prob = prob
+        datasets[prob] = build_retinaface_dataset(cfg, "unused", None, seed=1, records=records)
+    plain = RetinaFaceDataset(records, image_size=64, mean=cfg.AUG.img_mean, seed=1)
+    mean = torch.tensor(cfg.AUG.img_mean).view(3, 1, 1)
+    for key in [(0, 0), (0, 3), (2, 1)]:
+        image, target, _ = plain[key]
+        for prob in (0.0, 1e-300):
+            again, target_again, _ = datasets[prob][key]
+            assert torch.equal(image, again) and torch.equal(target, target_again)
+        dark, dark_target, _ = datasets[1.0][key]
+        assert torch.equal(dark_target, target)
+        assert (dark + mean).mean() < 0.6 * (image + mean).mean()

@@ -158,6 +158,74 @@ def test_build_from_a_labelv2_file(tmp_path):
     write_annotations(records[:2], tmp_path / "labelv2.txt", "labelv2", root=tmp_path)
     cfg = default_config()
     cfg.YUNET.INPUT_SIZE, cfg.YUNET.CROP_CHOICE = 96, [1.0]
+    cfg.FACE.IMAGE_ROOT = str(tmp_path)                   # labelv2's default: images/ beside
     ds = build_yunet_dataset(cfg, tmp_path / "labelv2.txt", tmp_path, seed=0)
     image, target, _ = ds[0]
     assert len(ds) == 2 and image.shape == (3, 96, 96) and target.shape == (1, 15)
+    direct = build_yunet_dataset(cfg, "unused", None, seed=0, records=records)
+    assert len(direct) == 2                                # the face-less record dropped
+
+
+# ---- AUG.lowlight_prob ------------------------------------------------------------------------
+
+def released_sample(img, boxes, points, labels, crop_choice, size, flip_ratio, rng):
+    """``yunet_sample`` as it was before the low-light option (kept to compare with)."""
+    from data.yunet_transforms import hflip, resize_square, visible_points
+    cropped = random_square_crop(img.astype(np.float32), boxes, points, crop_choice, rng)
+    if cropped is None:
+        return None
+    (img, boxes, points), kept = cropped
+    img, boxes, points = resize_square(img, boxes, points, size)
+    if rng.random() < flip_ratio:
+        img, boxes, points = hflip(img, boxes, points)
+    vis = visible_points(points)
+    norm = np.where(vis[..., None], points / size, -1.0).reshape(len(points), -1)
+    target = np.concatenate([boxes / size, labels[kept, None].astype(np.float64), norm], 1)
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32), target.astype(
+        np.float32)
+
+
+def _textured_records(folder, n=4):
+    rng = np.random.default_rng(7)
+    records = []
+    for i in range(n):
+        img = rng.integers(40, 256, (120, 160, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"t{i}.png"), img)
+        records.append(FaceRecord(str(folder / f"t{i}.png"), FACE * 0.5, POINTS * 0.5,
+                                  np.ones(1, np.int64), (160, 120)))
+    return records
+
+
+def test_lowlight_probability_zero_leaves_every_sample_as_before(tmp_path):
+    records = _textured_records(tmp_path)
+    choice = [0.5, 0.9, 1.3]
+    plain = YuNetTrainDataset(records, choice, size=64, seed=4)
+    zero = YuNetTrainDataset(records, choice, size=64, seed=4, lowlight_prob=0.0)
+    # a probability that never fires still draws from the child generator: the main stream,
+    # hence the crop and flip, must not notice
+    never = YuNetTrainDataset(records, choice, size=64, seed=4, lowlight_prob=1e-300)
+    for key in [(e, i) for e in range(3) for i in range(len(records))]:
+        rng = np.random.default_rng([4, *key])
+        bgr = cv2.imread(records[key[1]].path)
+        ref_image, ref_target = released_sample(bgr, FACE * 0.5, POINTS * 0.5,
+                                                np.ones(1, np.int64), choice, 64, 0.5, rng)
+        for ds in (plain, zero, never):
+            image, target, _ = ds[key]
+            assert np.array_equal(image.numpy(), ref_image), key
+            assert np.array_equal(target.numpy(), ref_target), key
+
+
+def test_lowlight_probability_one_darkens_and_keeps_the_boxes(tmp_path):
+    from data.config import default_config
+    records = _textured_records(tmp_path)
+    cfg = default_config()
+    cfg.YUNET.INPUT_SIZE, cfg.YUNET.CROP_CHOICE = 64, [0.5, 0.9, 1.3]
+    bright = build_yunet_dataset(cfg, "unused", None, seed=2, records=records)
+    cfg.AUG.lowlight_prob = 1.0
+    dark = build_yunet_dataset(cfg, "unused", None, seed=2, records=records)
+    assert dark.lowlight_prob == 1.0
+    for key in [(0, 0), (1, 2), (5, 3)]:
+        (a, ta, _), (b, tb, _) = bright[key], dark[key]
+        assert torch.equal(ta, tb)                                   # same crop, same flip
+        assert b.mean() < 0.6 * a.mean() and b.dtype == torch.float32
+    assert not torch.equal(dark[(0, 0)][0], dark[(1, 0)][0])

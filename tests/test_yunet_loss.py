@@ -290,3 +290,195 @@ def test_normaliser_is_the_positives_averaged_over_ranks(monkeypatch):
     shared = YuNetLoss()(out, [target], IMAGE)
     for key in alone:
         assert shared[key].item() == pytest.approx(alone[key].item() / 1.5, rel=1e-5), key
+
+
+# ---- ignore rows (label -1) -----------------------------------------------------------------
+
+def released_forward(self, out, targets, image_size):
+    """``YuNetLoss.forward`` as it was before ignore rows existed (every row a face), kept
+    verbatim so that the no-ignore path can be compared bit for bit."""
+    from layers.yunet_loss import EPS_KPS, decode_boxes, dist, pad_targets
+    cls = torch.cat(out.cls, 1)[..., 0].float()
+    obj = torch.cat(out.obj, 1)[..., 0].float()
+    bbox = torch.cat(out.bbox, 1).float()
+    kps = torch.cat(out.kps, 1).float()
+    B, P = cls.shape
+    priors = self.priors(out.feature_sizes, cls.device)
+    xy, s = priors[:, :2], priors[:, 2:]
+    decoded = decode_boxes(bbox, priors)
+    h, w = image_size
+    truth, valid = pad_targets(targets, cls.device)
+    scale = truth.new_tensor([w, h])
+    gt_boxes = (truth[..., :4].view(B, -1, 2, 2) * scale).view(B, -1, 4)
+    gt_points = truth[..., 5:15].reshape(B, -1, 5, 2)
+    visible = ~(gt_points == -1).all(-1)
+    gt_points = gt_points * scale
+    pos, gt_index, pos_iou = simota_assign(
+        xy + 0.5 * s, priors[:, 2], cls.sigmoid() * obj.sigmoid(), decoded.detach(),
+        gt_boxes, valid, self.center_radius)
+    num_pos = pos.sum().float()
+    n = (dist.all_reduce_sum(num_pos.detach()) / dist.world_size()).clamp(min=1.0)
+    b_idx, p_idx = pos.nonzero(as_tuple=True)
+    g_idx = gt_index[b_idx, p_idx]
+    loss_cls = F.binary_cross_entropy_with_logits(cls[b_idx, p_idx], pos_iou[b_idx, p_idx],
+                                                  reduction="sum") / n
+    loss_obj = F.binary_cross_entropy_with_logits(obj, pos.float(), reduction="sum") / n
+    loss_bbox = self.box_loss(decoded[b_idx, p_idx], gt_boxes[b_idx, g_idx]).sum() / n
+    vis = visible[b_idx, g_idx]
+    target = (gt_points[b_idx, g_idx] - xy[p_idx, None]) / s[p_idx, None]
+    per_coord = F.smooth_l1_loss(kps[b_idx, p_idx].view(-1, 5, 2), target,
+                                 reduction="none", beta=self.kps_beta)
+    weight = vis.float().mean(-1)
+    kps_sum = (per_coord * vis[..., None] * weight[:, None, None]).sum()
+    denom = dist.all_reduce_sum(weight.sum().detach()) / dist.world_size()
+    loss_kps = kps_sum / (denom + EPS_KPS)
+    return {"loss_cls": self.w_cls * loss_cls, "loss_obj": self.w_obj * loss_obj,
+            "loss_bbox": self.w_bbox * loss_bbox, "loss_kps": self.w_kps * loss_kps}
+
+
+def _random_batch(gen, B=4):
+    """Random raw outputs (with gradient) and random faces: some images empty, some faces
+    without landmarks, a few partly annotated."""
+    P = sum(h * w for h, w in SIZES)
+    cut = [0, 64, 80, 84]
+
+    def levels(c, scale=1.0, shift=0.0):
+        t = torch.randn(B, P, c, generator=gen) * scale + shift
+        return [t[:, cut[i]:cut[i + 1]].clone().requires_grad_(True) for i in range(3)]
+
+    out = YuNetOutput(levels(1, 2.0, -2.0), levels(1, 2.0, -2.0), levels(4, 0.5),
+                      levels(10, 0.5, 0.5), SIZES)
+    targets = []
+    for b in range(B):
+        n = int(torch.randint(0, 7, (1,), generator=gen)) if b else 0       # image 0: empty
+        xy = torch.rand(n, 2, generator=gen) * 0.7
+        wh = torch.rand(n, 2, generator=gen) * 0.4 + 0.05
+        points = xy[:, None] + torch.rand(n, 5, 2, generator=gen) * wh[:, None]
+        points[torch.rand(n, generator=gen) < 0.3] = -1.0                   # no landmarks
+        points[:, 4][torch.rand(n, generator=gen) < 0.2] = -1.0             # partly annotated
+        targets.append(torch.cat([xy, (xy + wh).clamp(max=1), torch.ones(n, 1),
+                                  points.reshape(n, 10)], 1))
+    return out, targets
+
+
+def _terms_and_grads(fn, out, targets):
+    for t in (*out.cls, *out.obj, *out.bbox, *out.kps):
+        t.grad = None
+    terms = fn(out, targets, IMAGE)
+    sum(terms.values()).backward()
+    return terms, [t.grad.clone() for t in (*out.cls, *out.obj, *out.bbox, *out.kps)]
+
+
+def test_without_ignore_rows_the_loss_is_the_released_one_bit_for_bit():
+    loss = YuNetLoss()
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        out, targets = _random_batch(gen)
+        new, new_grads = _terms_and_grads(loss, out, targets)
+        old, old_grads = _terms_and_grads(lambda *a: released_forward(loss, *a), out, targets)
+        assert new["loss_cls"] > 0 and new["loss_kps"] > 0
+        for key in old:
+            assert torch.equal(new[key], old[key]), key
+        assert all(torch.equal(a, b) for a, b in zip(new_grads, old_grads))
+
+
+def _prepared(out):
+    """What the loss hands to the assigner for ``out`` (one image)."""
+    loss = YuNetLoss()
+    priors = loss.priors(out.feature_sizes, "cpu")
+    cls = torch.cat(out.cls, 1)[..., 0].detach()
+    obj = torch.cat(out.obj, 1)[..., 0].detach()
+    s, xy = priors[:, 2:], priors[:, :2]
+    bbox = torch.cat(out.bbox, 1).detach()
+    c = bbox[..., :2] * s + xy
+    half = bbox[..., 2:].exp() * s / 2
+    return xy + s / 2, priors[:, 2], cls.sigmoid() * obj.sigmoid(), torch.cat([c - half,
+                                                                               c + half], -1)
+
+
+def _positives_of(out, boxes):
+    """SimOTA's positives when ``boxes`` ([n, 4] normalised) are the only faces."""
+    centres, strides, scores, decoded = _prepared(out)
+    pos, _, _ = simota_assign(centres, strides, scores, decoded, boxes[None] * 64,
+                              torch.ones(1, len(boxes), dtype=torch.bool))
+    return pos[0]
+
+
+def _ignore_row(box):
+    return torch.cat([torch.tensor(box), torch.tensor([-1.0]), torch.full((10,), -1.0)])[None]
+
+
+def test_an_ignore_box_is_no_positive_and_its_simota_priors_are_no_negatives():
+    loss = YuNetLoss()
+    out, face = _face_at(level=0, row=1, col=1)                 # a face in the top-left corner
+    for t in (*out.cls, *out.obj, *out.bbox, *out.kps):
+        t.requires_grad_(True)
+    ignore = _ignore_row([0.55, 0.55, 0.95, 0.95])               # far from it, bottom-right
+    alone = loss(out, [face], IMAGE)
+    both = loss(out, [torch.cat([face, ignore])], IMAGE)
+    # the face's terms are unchanged: the ignore box took no positive
+    for key in ("loss_cls", "loss_bbox", "loss_kps"):
+        assert torch.equal(both[key], alone[key]), key
+    # objectness: every prior but those SimOTA gives to the ignore box when it is a face
+    covered = _positives_of(out, ignore[:, :4])
+    face_pos = _positives_of(out, face[:, :4])
+    assert covered.sum() >= 1 and not (covered & face_pos).any()
+    obj = torch.cat(out.obj, 1)[0, :, 0]
+    per_prior = F.binary_cross_entropy_with_logits(obj, face_pos.float(), reduction="none")
+    n = face_pos.sum()
+    torch.testing.assert_close(both["loss_obj"], per_prior[~covered].sum() / n)
+    assert both["loss_obj"] < alone["loss_obj"]
+    # no gradient reaches the covered priors' objectness; the other priors get theirs
+    both["loss_obj"].backward()
+    grad = torch.cat([o.grad for o in out.obj], 1)[0, :, 0]
+    assert (grad[covered] == 0).all() and (grad[~covered] != 0).all()
+
+
+def test_an_ignore_box_on_a_face_never_takes_its_positives():
+    loss = YuNetLoss()
+    out, face = _face_at(level=1, row=2, col=1, box_cells=(2.5, 2.5))
+    duplicate = face.clone()
+    duplicate[0, 4] = -1                                          # the same box, ignored
+    duplicate[0, 5:] = -1
+    larger = _ignore_row([0.1, 0.2, 0.7, 0.95])                   # and one around it,
+    idx = 1 * 2 + 0                                   # predicted exactly by a stride-32 cell
+    out.bbox[2][0, idx] = torch.tensor([0.8, 0.15, math.log(1.2), math.log(1.5)])
+    out.cls[2][0, idx], out.obj[2][0, idx] = 8.0, 8.0
+    alone = loss(out, [face], IMAGE)
+    both = loss(out, [torch.cat([duplicate, face, larger])], IMAGE)
+    for key in ("loss_cls", "loss_bbox", "loss_kps"):
+        assert torch.equal(both[key], alone[key]), key
+    centres, strides, scores, decoded = _prepared(out)
+    truth = torch.cat([duplicate, face, larger])[None]
+    pos, gt, _, ignored = loss.assign(centres, strides, scores, decoded, truth[..., :4] * 64,
+                                      torch.ones(1, 3, dtype=torch.bool), truth[..., 4])
+    assert torch.equal(pos[0], _positives_of(out, face[:, :4]))
+    assert (gt[pos] == 1).all()                                   # the face's row
+    assert not (ignored & pos).any()
+    assert ignored[0].nonzero().flatten().tolist() == [64 + 16 + idx]     # that cell only
+
+
+def test_an_image_with_only_ignore_boxes():
+    loss = YuNetLoss()
+    out, _ = _face_at(level=0, row=2, col=5)
+    ignore = torch.cat([_ignore_row([0.1, 0.1, 0.4, 0.5]), _ignore_row([0.6, 0.5, 0.9, 0.9])])
+    terms = loss(out, [ignore], IMAGE)
+    assert terms["loss_cls"].item() == terms["loss_bbox"].item() == 0
+    assert terms["loss_kps"].item() == 0
+    covered = _positives_of(out, ignore[:, :4])                    # both boxes as faces
+    obj = torch.cat(out.obj, 1)[0, :, 0]
+    background = F.binary_cross_entropy_with_logits(obj, torch.zeros_like(obj), reduction="none")
+    assert covered.sum() >= 2
+    torch.testing.assert_close(terms["loss_obj"], background[~covered].sum())   # N = 1
+
+
+def test_an_ignore_row_outside_the_image_changes_nothing():
+    """No prior is a candidate of a box beyond the image and its centre radius."""
+    loss = YuNetLoss()
+    gen = torch.Generator().manual_seed(5)
+    out, targets = _random_batch(gen)
+    plain = loss(out, targets, IMAGE)
+    far = _ignore_row([-9.0, -9.0, -8.0, -8.0])
+    with_far = loss(out, [torch.cat([t, far]) for t in targets], IMAGE)
+    for key in plain:
+        torch.testing.assert_close(with_far[key], plain[key], rtol=1e-6, atol=0)
