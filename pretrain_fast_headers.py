@@ -1,4 +1,4 @@
-"""Pre-train the self-supervised heads on the frozen detector (REFERENCE 7).
+"""Pre-train the self-supervised heads on the frozen detector (the reference's script of this name).
 
     python pretrain_fast_headers.py [--config PRESET] [--resume CKPT|auto] [KEY.SUB=VALUE ...]
     torchrun --nproc_per_node=N pretrain_fast_headers.py ...        # DDP, as train.py
@@ -18,7 +18,7 @@ Departures from the reference's script, on purpose:
   atomic, finite, a locked run folder), and ``--resume`` continues exactly (optimizer, queues
   and every loader's position).
 
-Loss weights (REFERENCE 7): the reference overrides every task weight to 1 except
+Loss weights: the reference overrides every task weight to 1 except
 TRANSFER_CONTRASTIVE, which keeps its training weight (0.05). Kept as is. Since each head has
 its own parameters and the detector is frozen, no parameter receives gradients from two tasks,
 and Adam's update is invariant to a constant scale of a parameter's gradient (up to its eps), so

@@ -4,7 +4,7 @@
 
 Each step takes a WIDER detection batch and one batch from every enabled self-supervised task
 (TRAIN.* toggles; by default the 3x3 jigsaw on H and E(L), MoCo on E(L), MoCo across H / D(H)),
-and minimises the detection loss plus the weighted task losses (REFERENCE 2.5, 4, Appendix C).
+and minimises the detection loss (both shots) plus the weighted task losses (docs/ADAPTATION.md).
 ``--config configs/detection_only.yaml`` turns the tasks off (plain DSFD fine-tuning). The
 detector starts from MODEL.WEIGHTS (a DSFD file, or a trainer checkpoint holding the heads too)
 and the heads from SSL.HEADS_DIR/<name>_head.pth (SSL.LOAD_HEADS).
@@ -28,7 +28,7 @@ continues a run exactly (queues and the position of every task loader included) 
 config changes outside the resumable keys; a NaN/Inf loss or gradient stops the run naming the
 loss terms and tensors, the last good checkpoint kept. RUN.EVAL_EVERY adds a periodic AP on
 FACE.SRC_VAL_FILE and keeps ``best.pth``. A checkpoint's ``model`` entry is the HLA trainer
-state dict (``net.*`` plus the heads; REFERENCE 12.2).
+state dict (``net.*`` plus the heads; the reference's ``trainer_<it>.pth`` layout).
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def build_criterion(cfg):
 
 
 def build_optimizer(params, solver) -> torch.optim.Optimizer:
-    """SGD as the reference (REFERENCE 2.6); AdamW for short from-scratch runs such as the
+    """SGD as the reference (momentum 0.9, wd 5e-4); AdamW for short from-scratch runs such as the
     demo. The schedule sets the lr, starting at WARMUP_LR."""
     if solver.OPTIMIZER == "sgd":                 # the choices are checked at start-up
         return torch.optim.SGD(params, lr=solver.WARMUP_LR, momentum=solver.MOMENTUM,
@@ -146,7 +146,8 @@ def build_optimizer(params, solver) -> torch.optim.Optimizer:
 
 def checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders) -> dict:
     """What a checkpoint holds besides the engine's progress, config and RNG states; the
-    ``model`` entry is the HLA trainer state dict (``net.*`` plus the heads; REFERENCE 12.2)."""
+    ``model`` entry is the HLA trainer state dict (``net.*`` plus the heads, the layout of
+    the reference's ``trainer_<it>.pth``)."""
     return {"model": trainer.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ssl_loaders": {name: loader.state_dict() for name, loader in ssl_loaders.items()}}

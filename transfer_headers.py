@@ -6,7 +6,7 @@ CKPT is one of our pre-training checkpoints (``pretrain_fast_headers.py``), one 
 checkpoints (``train.py``), or a reference ``trainer_<it>.pth`` / ``trainer_fast_<i>.pth``.
 Every enabled head (the toggles in the checkpoint's config; for a reference file, every head it
 holds; ``--heads`` picks some) is written to ``<out-dir>/<name>_head.pth`` as a plain state dict
-whose keys are the attribute's sub-dict with the prefix stripped (REFERENCE 7), the format
+whose keys are the attribute's sub-dict with the prefix (name and dot) stripped, the format
 ``train.py`` loads with SSL.LOAD_HEADS. The key set and every shape are checked against the head
 that the checkpoint's config builds (36 keys for a jigsaw / rotation head, 115 for a MoCo head),
 and each file is read back after writing. Unlike the reference's example script, nothing needs

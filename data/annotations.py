@@ -1,7 +1,7 @@
 """One registry of face-annotation formats, each read into the same :class:`FaceRecord` list.
 
 =============  ===========================================================================
-``wider``      the project's list file (REFERENCE 6.1, what ``tools/prepare_wider.py``
+``wider``      the project's list file (docs/DATASETS.md; what ``tools/prepare_wider.py``
                writes): one image a line, ``<path> <N> x y w h label`` x N
 ``retinaface`` Pytorch_Retinaface's ``label.txt``: ``# <path>`` then one face a line,
                ``x y w h`` (val/test) or ``x y w h`` + 5 x ``(lx ly flag)`` + 1 value (train)
@@ -150,8 +150,9 @@ def _wider_count(tokens: list[str], path: Path, number: int) -> int:
 
 
 def read_wider(path, root=None, split: str = "train") -> list[FaceRecord]:
-    """The project's list file (REFERENCE 6.1). Relative image paths are joined to ``root``
-    (default ``.``, as ``parse_list_file``); ``split`` is unused (one file, one split)."""
+    """The project's list file (pixel ``x y w h``, label 1 = face; docs/DATASETS.md). Relative
+    image paths are joined to ``root`` (default ``.``, as ``parse_list_file``); ``split`` is
+    unused (one file, one split)."""
     path = Path(path)
     base = Path("." if root is None else root)
     images, owner, rows, row_lines = [], [], [], []

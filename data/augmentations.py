@@ -1,4 +1,5 @@
-"""Training and validation preprocessing of the WIDER detection loader (REFERENCE 6.1, 3.1).
+"""Training and validation preprocessing of the WIDER detection loader (the reference's
+``WIDERDetection``: augmentation, 640x640 resize, flip, then its input normalisation).
 
 ``train_preprocess`` is the reference's ``preprocess(..., mode='train')`` step by step:
 
@@ -32,14 +33,17 @@ from PIL import Image, ImageEnhance
 
 from data.lowlight import simulate_low_light
 
-# REFERENCE 6.1 step 3: PyramidBox anchor scales, area cap and interpolations.
+# Step 3, PyramidBox data-anchor-sampling: the anchor sizes a face is matched to, the cap on the
+# resized image area, 50 window trials (valid if a face is inside or IoU > 0.7) and the five
+# cv2 interpolations, one drawn at random.
 DAS_ANCHORS = np.array([16, 32, 64, 128, 256, 512], dtype=np.float64)
 DAS_MAX_SIDE = 12000                      # resized image area is capped at 12000^2 px^2
 DAS_TRIALS = 50
 DAS_IOU_THRESH = 0.7
 CV2_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST,
                       cv2.INTER_LANCZOS4)
-# REFERENCE 6.1 step 4: the order matters, the index is drawn uniformly among the five.
+# Step 4, the final resize: a PIL filter drawn uniformly among these five; keep this order, a
+# draw is an index into it.
 PIL_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.HAMMING, Image.Resampling.NEAREST,
                Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 
@@ -56,7 +60,7 @@ class Sampler(NamedTuple):
     use_square: bool
 
 
-# REFERENCE 6.1 step 3 (SSD branch): the whole image squared, then four samplers of scale
+# Step 3, the SSD branch: the whole image squared, then four samplers of scale
 # U(0.3, 1.0); each keeps at most one crop in which some face has object coverage 1.0.
 SSD_SAMPLERS = (
     Sampler(1, 50, 1.0, 1.0, 1.0, 1.0, 1.0, True),
@@ -118,7 +122,7 @@ def _random_enhance(img: Image.Image, enhancer, prob: float, delta: float,
 def random_hue(img: Image.Image, aug, rng: np.random.Generator) -> Image.Image:
     """Reference ``random_hue``: add U(-hue_delta, hue_delta) to the PIL-HSV H channel (0-255).
 
-    Quirk kept (REFERENCE 11.2 item 8): the float sum is stored back into the uint8 H channel,
+    Quirk of the reference, kept: the float sum is stored back into the uint8 H channel,
     i.e. truncated towards zero and wrapped modulo 256 (-3.7 -> 253, 257.2 -> 1).
     """
     if rng.random() < aug.hue_prob:
@@ -329,7 +333,8 @@ def data_anchor_sampling(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
     keep = (window[0] < cx) & (window[1] < cy) & (window[2] > cx) & (window[3] > cy)
     kept = boxes_px[keep] - np.array([window[0], window[1], window[0], window[1]])
     labels = labels[keep]
-    # Quirk kept (REFERENCE 11.2 item 8): the BGR mean is written into the RGB array.
+    # Quirk of the reference, kept: the BGR mean (104, 117, 123) is written into the RGB
+    # array, so the pad colour is R=104, G=117, B=123.
     crop = _crop_with_pad(img, window, np.asarray(aug.img_mean, dtype=np.float64).astype(np.uint8))
     mask = _min_face_mask(kept, aug)
     crop_h, crop_w = crop.shape[:2]
@@ -424,7 +429,7 @@ def random_flip(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator):
 
 
 def normalize_image(rgb: np.ndarray, mean_bgr) -> np.ndarray:
-    """Reference step 6 / the input convention of REFERENCE 3.1.
+    """Reference step 6: the detector's input convention (RGB order, the mean subtracted).
 
     HWC RGB (uint8 or float) -> float32 CHW RGB with channel 0 = R - mean_bgr[2],
     1 = G - mean_bgr[1], 2 = B - mean_bgr[0] (R-123, G-117, B-104 by default); not scaled.
@@ -448,7 +453,7 @@ def _as_arrays(boxes, labels) -> tuple[np.ndarray, np.ndarray]:
 
 def train_preprocess(img: Image.Image, boxes: np.ndarray, labels: np.ndarray, aug,
                      rng: np.random.Generator):
-    """The reference's training ``preprocess`` (REFERENCE 6.1 steps 1-6).
+    """The reference's training ``preprocess`` (steps 1-6 of the module docstring).
 
     Args:
         img: PIL RGB image.

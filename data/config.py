@@ -1,11 +1,11 @@
 """The one configuration tree of the project, and its command-line / preset overrides.
 
 Every default of the reference (HLA-Face ``train_code/data/config.py`` and the ``train.py``
-arguments, REFERENCE.md section 2) lives here, grouped by what it controls, plus our own run
-settings under ``RUN``. Entry points call :func:`load_config` with optional preset files
-(YAML or JSON, nested like this tree) and ``KEY.SUB=VALUE`` overrides parsed with
-``ast.literal_eval``. An unknown key or a value of the wrong type raises :class:`ConfigError`
-naming the key (and the preset file when it came from one).
+arguments) lives here, grouped by what it controls, plus our own run settings under ``RUN``.
+Entry points call :func:`load_config` with optional preset files (YAML or JSON, nested like
+this tree) and ``KEY.SUB=VALUE`` overrides parsed with ``ast.literal_eval``. An unknown key or
+a value of the wrong type raises :class:`ConfigError` naming the key (and the preset file when
+it came from one).
 
 Nothing reads this module's tree at import time or inside ``forward``: constructors receive the
 values they need. ``docs/DECISIONS.md`` maps the reference's flat key names onto this tree.
@@ -31,7 +31,7 @@ def default_config() -> EasyDict:
     """A fresh copy of every default (safe to mutate)."""
     C = EasyDict()
 
-    # ---- data augmentation (REFERENCE 2.1, 6.1) ----
+    # ---- data augmentation (the reference's AUG keys and WIDER training loader) ----
     C.AUG = EasyDict()
     C.AUG.apply_distort = True
     C.AUG.hue_prob = 0.5
@@ -56,7 +56,7 @@ def default_config() -> EasyDict:
     # probability (the main teacher of docs/DUAL_TEACHER.md); 0 = off, the reference
     C.AUG.lowlight_prob = 0.0
 
-    # ---- optimisation schedule (REFERENCE 2.2, 2.6; the reference's train.py arguments) ----
+    # ---- optimisation schedule (the reference's LR_STEPS, MAX_STEPS, train.py arguments) ----
     C.SOLVER = EasyDict()
     C.SOLVER.BATCH_SIZE = 8             # global batch: split evenly over DDP ranks
     C.SOLVER.OPTIMIZER = "sgd"          # sgd (the reference) | adamw (fast from-scratch demos)
@@ -73,21 +73,21 @@ def default_config() -> EasyDict:
     C.SOLVER.STOP_AT_EPOCH_END = False  # True: the reference's 70,840-iteration stop
     C.SOLVER.GRAD_CLIP = 0.0            # 0 disables; the reference does not clip
 
-    # ---- anchors (REFERENCE 2.3, 3.6) ----
+    # ---- anchors (the reference's: one square anchor a location, PAL1 half of PAL2) ----
     C.ANCHOR = EasyDict()
     C.ANCHOR.STEPS = [4, 8, 16, 32, 64, 128]
     C.ANCHOR.ANCHOR_SIZES1 = [8, 16, 32, 64, 128, 256]
     C.ANCHOR.ANCHOR_SIZES2 = [16, 32, 64, 128, 256, 512]
     C.ANCHOR.VARIANCE = [0.1, 0.2]
 
-    # ---- test-time post-processing (REFERENCE 2.4, 3.7) ----
+    # ---- test-time post-processing (the reference's, on the second shot only) ----
     C.DETECT = EasyDict()
     C.DETECT.NMS_THRESH = 0.3
     C.DETECT.NMS_TOP_K = 5000
     C.DETECT.TOP_K = 750
     C.DETECT.CONF_THRESH = 0.05
 
-    # ---- detection loss (REFERENCE 2.4, 4) ----
+    # ---- detection loss (the reference's MultiBoxLoss: 3 mined negatives a positive) ----
     C.LOSS = EasyDict()
     C.LOSS.NEG_POS_RATIOS = 3
     C.NUM_CLASSES = 2
@@ -99,7 +99,7 @@ def default_config() -> EasyDict:
     C.MODEL.WEIGHTS = "./pretrained_weights/dsfd_vgg_0.880.pth"   # detector init; '' = none
     C.MODEL.BASENET = ""                # vgg16_reducedfc.pth for the VGG when WEIGHTS is ''
 
-    # ---- files (REFERENCE 2.4, 6.1) ----
+    # ---- files (the reference's list files; their format: docs/DATASETS.md) ----
     C.FACE = EasyDict()
     C.FACE.SRC_TRAIN_FILE = "./dataset/wider_face_train.txt"
     C.FACE.SRC_VAL_FILE = "./dataset/wider_face_val.txt"   # train.py's RUN.EVAL_EVERY list
@@ -112,7 +112,7 @@ def default_config() -> EasyDict:
                                         # images: the format's layout (wider: FACE.DATA_ROOT)
     C.FACE.OVERLAP_THRESH = 0.35
 
-    # ---- self-supervised task toggles and weights (REFERENCE 2.5) ----
+    # ---- self-supervised task toggles and weights (the reference's defaults) ----
     C.TRAIN = EasyDict()
     C.TRAIN.MAIN = True
     C.TRAIN.ROTATION = False
@@ -144,7 +144,7 @@ def default_config() -> EasyDict:
     C.DARKFACE.NUM_VAL = 500            # size of the rule-based split
     C.DARKFACE.FILTER_TRAIN = True      # drop held-out ids from the target-domain training list
 
-    # ---- self-supervised heads and their loaders (REFERENCE 5, 6.3-6.5, 7) ----
+    # ---- self-supervised heads and their loaders (docs/ADAPTATION.md) ----
     C.SSL = EasyDict()
     C.SSL.BATCH_SIZE = 8                # per auxiliary loader, global (split over ranks)
     C.SSL.NUM_WORKERS = 4               # per auxiliary loader
@@ -163,7 +163,7 @@ def default_config() -> EasyDict:
     C.SSL.PRETRAIN_SAVE_EVERY = 10000
     C.SSL.PRETRAIN_LOAD_DETECTOR = True  # False: the reference's random, never-loaded detector
 
-    # ---- low level: the illumination enhancer E(L) (REFERENCE 8) ----
+    # ---- low level: the illumination enhancer E(L) (docs/LOW_LEVEL.md) ----
     C.ENHANCE = EasyDict()
     C.ENHANCE.WEIGHTS = "./pretrained_weights/Illumination-Enhancer.pth"
     C.ENHANCE.TRAIN_DIR = "./dataset/ZeroDCE/train_data"   # any folder of images
@@ -182,7 +182,7 @@ def default_config() -> EasyDict:
     C.ENHANCE.DARK_DIR = "./dataset/DarkFace/images/train"              # L
     C.ENHANCE.ENHANCED_DIR = "./dataset/DarkFace/images_enhanced/train"  # E(L)
 
-    # ---- low level: noise synthesis D(H) (REFERENCE 9) ----
+    # ---- low level: noise synthesis D(H) (docs/LOW_LEVEL.md) ----
     C.NOISE = EasyDict()
     C.NOISE.GAUSS_SIGMA = 16.0          # monochrome Gaussian noise on WIDER before blurring
     C.NOISE.BILATERAL = [25, 75, 75]    # d, sigma_color, sigma_space

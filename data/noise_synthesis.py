@@ -1,4 +1,4 @@
-"""The image steps of the noise synthesis D(H) (REFERENCE 9), and the pix2pix training pairs.
+"""The image steps of the noise synthesis D(H), and the pix2pix training pairs (docs/LOW_LEVEL.md).
 
 Pipeline, for the record (the network steps are in ``models/pix2pix.py`` and the tools):
 

@@ -1,4 +1,4 @@
-"""Jigsaw permutation tables, written out (REFERENCE 5.2, 5.3 and Appendix B).
+"""Jigsaw permutation tables, written out: 30 classes of the 3x3 puzzle, 24 of the others.
 
 Class ``c`` of a puzzle puts tile ``perm[c][t]`` into slot ``t``. Tiles and slots are both
 numbered **column-major**: in a 3x3 grid, 0-2 are the first column top to bottom, 3-5 the second,

@@ -283,8 +283,6 @@ def pseudo_label_loader(dataset, global_batch: int, rank: int, world: int, seed:
     ``(images [B, 3, S, S], [targets [n_i, C]], skipped)``)."""
     from data.ssl_datasets import CyclingLoader
     from data.widerface import detection_collate
-    loader = CyclingLoader(dataset, global_batch, rank, world, seed, num_workers=num_workers,
-                           pin_memory=pin_memory, name="PSEUDO.BATCH_SIZE")
-    # CyclingLoader stacks every field (ssl_collate); set before its first iterator exists
-    loader.loader.collate_fn = detection_collate
-    return loader
+    return CyclingLoader(dataset, global_batch, rank, world, seed, num_workers=num_workers,
+                         pin_memory=pin_memory, name="PSEUDO.BATCH_SIZE",
+                         collate_fn=detection_collate)

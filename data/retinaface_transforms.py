@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from data.augmentations import maybe_low_light
+from data.samplers import MAX_DRAWS, KeyedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_N
                   cv2.INTER_LANCZOS4)
 # mirror: left eye <-> right eye, left mouth corner <-> right mouth corner (nose stays)
 MIRROR_POINTS = [1, 0, 2, 4, 3]
-MAX_DRAWS = 1000       # consecutive unreadable images after which a sample gives up
 
 
 class Faces(NamedTuple):
@@ -216,7 +216,7 @@ def record_faces(record) -> Faces:
                  landms[:, 0, 0] >= 0, np.asarray(record.labels).reshape(-1))
 
 
-class RetinaFaceDataset(torch.utils.data.Dataset):
+class RetinaFaceDataset(KeyedDataset):
     """Augmented RetinaFace training samples over ``FaceRecord``s.
 
     ``dataset[index]`` or ``dataset[(epoch, index)]`` returns ``(image [3, S, S] float32 BGR
@@ -244,24 +244,9 @@ class RetinaFaceDataset(torch.utils.data.Dataset):
         self.lowlight_prob = float(lowlight_prob)
         self.epoch = 0
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _key(self, key) -> tuple[int, int]:
-        epoch, index = key if isinstance(key, (tuple, list)) else (self.epoch, key)
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} records")
-        return int(epoch), index
-
     def __getitem__(self, key):
         epoch, index = self._key(key)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = self.sample_rng(epoch, index)
         skipped = 0
         for _ in range(MAX_DRAWS):
             record = self.records[index]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -55,3 +56,37 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
+
+
+# consecutive redraws (unreadable images, no face left after augmentation) before a sample gives up
+MAX_DRAWS = 1000
+
+
+class KeyedDataset(torch.utils.data.Dataset):
+    """Base of the detection training datasets: ``self.records`` indexed by the sampler's
+    ``(epoch, index)`` keys, or by a plain index at :attr:`epoch` (:meth:`set_epoch`); every
+    sample draws its randomness from :meth:`sample_rng`, so it is a pure function of
+    (seed, epoch, index) whatever the worker, process or resume."""
+
+    records: list
+    seed: int = 0
+    epoch: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for integer keys."""
+        self.epoch = int(epoch)
+
+    def _key(self, key) -> tuple[int, int]:
+        epoch, index = key if isinstance(key, (tuple, list)) else (self.epoch, key)
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} records")
+        return int(epoch), index
+
+    def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])

@@ -1,10 +1,11 @@
-"""Datasets of the self-supervised tasks (REFERENCE 5.2-5.5, 6.3-6.5) and their endless loaders.
+"""Datasets of the self-supervised tasks (jigsaw, rotation, MoCo) and their endless loaders.
 
 Every sample is a crop centred on a face: a WIDER ground-truth box for the source domain H, a
 pseudo box (``mf_dsfd_dark_face_train.txt`` format, negative coordinates allowed) for the
 enhanced target domain E(L). The boxes only place the crops; their labels are never used.
 
-* :class:`JigsawDataset`: 3x3 (30 classes, Appendix B), 2x2 / 4x1 / 1x4 (24 classes) puzzles.
+* :class:`JigsawDataset`: 3x3 (30 classes, data/permutations.py), 2x2 / 4x1 / 1x4 (24 classes)
+  puzzles.
 * :class:`RotationDataset`: the 4-way rotation task.
 * :class:`ContrastiveDataset`: two MoCo-v2 views of one 288-px crop (E(L) or H).
 * :class:`TransferDataset`: two views, each drawn from the clean crop H or the same crop of its
@@ -39,23 +40,24 @@ from data.widerface import MAX_DRAWS, UNREADABLE, Record, load_rgb, parse_list_f
 
 logger = logging.getLogger(__name__)
 
-PUZZLE_WINDOW = 256          # jigsaw / rotation crop around the face (REFERENCE 5.2 step 2)
-CONTRASTIVE_WINDOW = 288     # contrastive / transfer crop (REFERENCE 6.3 step 1)
+PUZZLE_WINDOW = 256          # jigsaw / rotation crop around the face centre, before the zoom
+CONTRASTIVE_WINDOW = 288     # contrastive / transfer crop around the face, cut into two views
 CENTRE_JITTER = 16           # U{-16..16} px on the window position
 ZOOM_SIZES = (256, 640)      # the puzzle crop is resized to n x n, n ~ U{256..640}
 ZOOM_RESAMPLE = Image.Resampling.BICUBIC   # PIL's default filter for Image.resize
-VIEW_SIZE = 256              # MoCo views (REFERENCE 6.5)
+VIEW_SIZE = 256              # side of a MoCo view
 RRC_SCALE = (0.2, 1.0)       # MoCo v2 RandomResizedCrop
 RRC_RATIO = (3 / 4, 4 / 3)
 
 # ColorJitter (brightness range, contrast, saturation, hue) of the two contrastive recipes
-MOCO_JITTER = ((0.6, 1.4), 0.4, 0.4, 0.1)          # MoCo v2 (REFERENCE 6.3)
-TRANSFER_JITTER = ((0.4, 1.2), 0.4, 0.4, 0.2)      # "for dark face" (REFERENCE 6.4)
+MOCO_JITTER = ((0.6, 1.4), 0.4, 0.4, 0.1)          # MoCo v2's ColorJitter(0.4, 0.4, 0.4, 0.1)
+TRANSFER_JITTER = ((0.4, 1.2), 0.4, 0.4, 0.2)      # the H/D(H) views, "for dark face": the
+                                                   # colour bias of the degradation D(H)
 
 
 @dataclass(frozen=True)
 class PuzzleSpec:
-    """Geometry of one jigsaw kind (REFERENCE 5.2, 5.3)."""
+    """Geometry of one jigsaw kind (the 3x3 puzzle of the paper, or 2x2 / 4x1 / 1x4)."""
     keep: int                      # side of the zoomed window cut into tiles (255 or 256)
     grid: tuple[int, int]          # (columns, rows)
     tile_out: tuple[int, int]      # (width, height) of a tile in the puzzle
@@ -106,9 +108,9 @@ def zoom_offset(n: int, keep: int, centre: float, keep_face: bool,
     """Offset (one axis) of the ``keep`` window inside the ``n``-px zoomed crop.
 
     The reference keeps the bottom-right window (offset ``n - keep``), which at high zoom can
-    lose the face (REFERENCE 11.2 item 3). With ``keep_face`` the offset is drawn uniformly among
-    the windows that contain the face centre ``centre`` (zoomed pixel coordinate); when none
-    does (a centre outside the crop) the nearest window is taken.
+    lose the face (docs/DECISIONS.md, Adaptation). With ``keep_face`` the offset is drawn
+    uniformly among the windows that contain the face centre ``centre`` (zoomed pixel
+    coordinate); when none does (a centre outside the crop) the nearest window is taken.
     """
     if not keep_face:
         return n - keep
@@ -122,7 +124,7 @@ def zoom_offset(n: int, keep: int, centre: float, keep_face: bool,
 def random_zoom(crop: Image.Image, keep: int, centre: tuple[float, float], keep_face: bool,
                 rng: np.random.Generator) -> Image.Image:
     """Resize the square crop to n ~ U{256..640} and keep a ``keep`` window of it
-    (REFERENCE 5.2 steps 4-5). ``centre``: the face centre in crop pixels."""
+    (the bottom-right one in the reference). ``centre``: the face centre in crop pixels."""
     n = int(rng.integers(ZOOM_SIZES[0], ZOOM_SIZES[1] + 1))
     scale = n / crop.size[0]
     crop = crop.resize((n, n), ZOOM_RESAMPLE)
@@ -139,7 +141,8 @@ def assemble_puzzle(window: np.ndarray, spec: PuzzleSpec, perm: Sequence[int], a
     Tiles and slots are numbered column-major: tile ``n`` sits at column ``n // rows``, row
     ``n % rows`` of the grid (the reference enumerates x-offset ``n // 3 * 85`` and y-offset
     ``n % 3 * 85`` for 3x3). Each tile is cut to its central ``tile_out`` (after a random
-    sub-strip for 4x1 / 1x4) and colour-distorted on its own (REFERENCE 6.1 distort).
+    sub-strip for 4x1 / 1x4) and colour-distorted on its own (the detection loader's
+    :func:`data.augmentations.distort_image`).
     """
     cols, rows = spec.grid
     cell_w, cell_h = spec.keep // cols, spec.keep // rows
@@ -168,7 +171,8 @@ def assemble_puzzle(window: np.ndarray, spec: PuzzleSpec, perm: Sequence[int], a
 
 
 # ---------------------------------------------------------------------------------------------
-# MoCo v2 views (REFERENCE 6.3), drawn from an explicit generator
+# MoCo v2 views (random resized crop, colour jitter p 0.8, grey 0.2, blur p 0.5, flip), drawn
+# from an explicit generator
 
 
 def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -290,7 +294,7 @@ class SSLDataset(Dataset):
 
 
 class JigsawDataset(SSLDataset):
-    """Jigsaw puzzles (REFERENCE 5.2, 5.3): ``(image [3, 192, 192], class, skipped)``.
+    """Jigsaw puzzles: ``(image [3, 192, 192], class, skipped)``.
 
     ``kind`` is '33', '22', '41' or '14'. ``keep_face`` (SSL.JIGSAW_KEEP_FACE) keeps the
     chosen face's centre inside the zoomed window; False is the reference's bottom-right window.
@@ -328,7 +332,7 @@ def rotate_point(x: float, y: float, r: int, size: int) -> tuple[float, float]:
 
 
 class RotationDataset(SSLDataset):
-    """Rotation (REFERENCE 5.4): ``(image [3, 256, 256], r in 0..3, skipped)``."""
+    """Rotation by ``r`` x 90 degrees: ``(image [3, 256, 256], r in 0..3, skipped)``."""
 
     def __init__(self, records, aug, keep_face: bool = True, seed: int = 0,
                  name: str = "rotation"):
@@ -353,7 +357,7 @@ class RotationDataset(SSLDataset):
 
 
 class ContrastiveDataset(SSLDataset):
-    """MoCo pairs (REFERENCE 6.3): ``(x_q [3, 256, 256], x_k [3, 256, 256], skipped)``, two
+    """MoCo pairs: ``(x_q [3, 256, 256], x_k [3, 256, 256], skipped)``, two
     independent views of one 288-px crop centred on a face."""
 
     jitter = MOCO_JITTER
@@ -374,7 +378,7 @@ class ContrastiveDataset(SSLDataset):
 
 
 class TransferDataset(ContrastiveDataset):
-    """H <-> D(H) pairs (REFERENCE 6.4): each view comes, with probability 1/2, from the clean
+    """H <-> D(H) pairs: each view comes, with probability 1/2, from the clean
     crop or from the same crop of the degraded image ``noise_dir/<basename>``, and gets the
     "dark face" colour jitter. A missing D(H) file counts as an unreadable image."""
 
@@ -446,15 +450,16 @@ def require_dir(folder: str, key: str) -> Path:
 
 
 class CyclingLoader:
-    """Batches from one dataset without end (REFERENCE 6.5: shuffle, drop_last, re-created when
-    exhausted), through a rank-sharded :class:`ResumableSampler`.
+    """Batches from one dataset without end (as the reference: shuffle, drop_last, re-created
+    when exhausted), through a rank-sharded :class:`ResumableSampler`.
 
     ``state_dict()`` is ``{"epoch", "batches"}`` (batches consumed in that epoch), enough to
     continue the stream exactly after a resume with the same number of processes.
     """
 
     def __init__(self, dataset: Dataset, global_batch: int, rank: int, world: int, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False, name: str = "ssl"):
+                 num_workers: int = 0, pin_memory: bool = False, name: str = "ssl",
+                 collate_fn=None):
         if global_batch % world:
             raise ValueError(f"{name}: global batch {global_batch} is not divisible by {world} "
                              f"processes")
@@ -465,7 +470,7 @@ class CyclingLoader:
             raise ValueError(f"{name}: {len(dataset)} images cannot fill a batch of "
                              f"{self.local_batch} per process")
         self.loader = DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
-                                 num_workers=num_workers, collate_fn=ssl_collate,
+                                 num_workers=num_workers, collate_fn=collate_fn or ssl_collate,
                                  pin_memory=pin_memory, drop_last=True,
                                  persistent_workers=num_workers > 0,
                                  generator=torch.Generator())   # keep the global RNG untouched

@@ -1,4 +1,4 @@
-"""The WIDER FACE list-file dataset of the detection branch (REFERENCE 6.1).
+"""The WIDER FACE list-file dataset of the detection branch (the reference's ``WIDERDetection``).
 
 A list file has one image a line, whitespace-separated::
 
@@ -22,12 +22,10 @@ import torch
 
 from data.augmentations import train_preprocess, val_preprocess
 from data.image_folder import UNREADABLE, load_rgb  # noqa: F401  (re-exported)
+from data.samplers import MAX_DRAWS, KeyedDataset  # noqa: F401  (MAX_DRAWS re-exported)
 
 logger = logging.getLogger(__name__)
 
-# Consecutive unusable draws after which a sample gives up (only reachable when almost every
-# image of the list is missing or unreadable).
-MAX_DRAWS = 1000
 # The one label a list file may give a box: 1 = face (NUM_CLASSES = 2 with the background).
 # Any other value would silently train the background class or index past the classifier.
 FACE_LABEL = 1
@@ -74,7 +72,7 @@ def _parse_line(tokens: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def parse_list_file(path: str | Path, root: str | Path = ".",
                     keep_empty: bool = False) -> list[Record]:
-    """Read a REFERENCE 6.1 list file.
+    """Read a list file in the format above (also docs/DATASETS.md).
 
     Relative image paths are joined to ``root``. Boxes with ``w <= 0`` or ``h <= 0`` are dropped;
     so are the images left without a box unless ``keep_empty`` (test-time lists keep every
@@ -115,7 +113,7 @@ def read_list_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-class WIDERDetection(torch.utils.data.Dataset):
+class WIDERDetection(KeyedDataset):
     """WIDER (or any list file) detection samples, augmented as the reference's training loader.
 
     ``dataset[index]`` or ``dataset[(epoch, index)]`` returns ``(image [3, H, W] float32,
@@ -138,28 +136,9 @@ class WIDERDetection(torch.utils.data.Dataset):
         if not self.records:
             raise ValueError(f"list file {list_file} has no image with a valid box")
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used for integer keys."""
-        self.epoch = int(epoch)
-
-    def _key(self, key) -> tuple[int, int]:
-        if isinstance(key, (tuple, list)):
-            epoch, index = key
-        else:
-            epoch, index = self.epoch, key
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} records")
-        return int(epoch), index
-
     def __getitem__(self, key):
         epoch, index = self._key(key)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = self.sample_rng(epoch, index)
         skipped = 0
         for _ in range(MAX_DRAWS):
             record = self.records[index]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from data.augmentations import maybe_low_light
-from data.widerface import MAX_DRAWS
+from data.samplers import MAX_DRAWS, KeyedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def yunet_sample(img: np.ndarray, boxes: np.ndarray, points: np.ndarray, labels:
     return image, target.astype(np.float32)
 
 
-class YuNetTrainDataset(torch.utils.data.Dataset):
+class YuNetTrainDataset(KeyedDataset):
     """Augmented YuNet training samples from :class:`data.annotations.FaceRecord` records.
 
     ``dataset[index]`` or ``dataset[(epoch, index)]`` -> ``(image [3, S, S] float32 BGR 0..255,
@@ -182,22 +182,9 @@ class YuNetTrainDataset(torch.utils.data.Dataset):
         self.lowlight_prob = float(lowlight_prob)
         self.epoch = 0
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _key(self, key) -> tuple[int, int]:
-        epoch, index = key if isinstance(key, (tuple, list)) else (self.epoch, key)
-        index = int(index) + (len(self) if int(index) < 0 else 0)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} records")
-        return int(epoch), index
-
     def __getitem__(self, key):
         epoch, index = self._key(key)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = self.sample_rng(epoch, index)
         skipped = 0
         for _ in range(MAX_DRAWS):
             record = self.records[index]

@@ -1,6 +1,7 @@
 """Pieces shared by the DARK FACE and WIDER FACE evaluators.
 
-Both official tools (MATLAB/Octave, REFERENCE Appendix D) share one skeleton:
+Both official tools (MATLAB/Octave; docs/EVALUATION.md, "The protocol reproduced") share one
+skeleton:
 
 1. read every prediction file and sort each image's boxes by score, descending (``read_pred.m``);
 2. min-max normalise all scores over the whole submission, in single precision (``norm_score.m``);
@@ -20,10 +21,11 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 NUM_THRESHOLDS = 1000
-# t_k = 1 - k/1000 for k = 1..1000, in double, exactly as ``thresh = 1-t/thresh_num`` (D.4 item 3).
+# t_k = 1 - k/1000 for k = 1..1000, in double, exactly as the tools' ``thresh = 1-t/thresh_num``.
 THRESHOLDS = 1.0 - np.arange(1, NUM_THRESHOLDS + 1, dtype=np.float64) / NUM_THRESHOLDS
 
-# norm_score.m starts its running max/min at realmin('single') / realmax('single') (D.4 item 2).
+# norm_score.m starts its running max/min at realmin('single') / realmax('single'), so the
+# normalisation runs in single precision.
 REALMIN_SINGLE = np.float32(np.finfo(np.float32).tiny)
 REALMAX_SINGLE = np.float32(np.finfo(np.float32).max)
 
@@ -78,7 +80,7 @@ def normalize_scores(scores: np.ndarray, hi: np.float32, lo: np.float32,
 
     MATLAB/Octave evaluate ``(score_list - min_score) / (max_score - min_score)`` in single
     because min/max are single: ``float32(s) - min`` and the division are float32 operations;
-    the result is stored back into a double matrix (D.4 item 2). ``equal_range_branch`` is the
+    the result is stored back into a double matrix. ``equal_range_branch`` is the
     DARK FACE tool's ``max == min`` case, ``s - (min - 1)``; the WIDER tool has no such branch,
     so equal scores there become 0/0 = NaN and never clear a threshold.
     """
@@ -103,7 +105,7 @@ def threshold_counts(scores: np.ndarray, flags: np.ndarray) -> np.ndarray:
     descending, the first r+1 predictions are exactly those with score >= t, so the image adds
     the flagged predictions with score >= t, and the sum over images is a sum over all
     predictions of the evaluated images: one searchsorted + bincount + cumsum, no loop.
-    Sorting order of ties does not matter (D.4 item 1): tied predictions clear the same
+    Sorting order of ties does not matter: tied predictions clear the same
     thresholds.
 
     scores: (P,) normalised scores of every prediction of the evaluated images.

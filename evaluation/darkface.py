@@ -1,12 +1,12 @@
 """DARK FACE (UG2+ track 2) evaluation, as the official Octave tool computes it.
 
-Reproduces ``Ir1d/DARKFACE_eval_tools`` (REFERENCE 10.2, D.3, D.4) in numpy:
+Reproduces ``Ir1d/DARKFACE_eval_tools`` (as run under GNU Octave; docs/EVALUATION.md) in numpy:
 
 * GT: ``<id>.txt``, line 1 the face count N, then N lines ``x1 y1 x2 y2`` (corner format),
   read as double. Predictions: ``<id>.txt``, one ``x1 y1 x2 y2 score`` per line, no header.
   (Early versions of the tool's ``evaluation.m`` added x1/y1 to x2/y2 as if the boxes were
-  x y w h; the version with the ``max == min`` normalisation branch that D.4 describes reads
-  both files as corners, as here.)
+  x y w h; the version with the ``max == min`` normalisation branch, the one reproduced here,
+  reads both files as corners.)
 * Scores are min-max normalised over every prediction file, in single precision, with the
   ``max == min`` branch ``s - (min - 1)``.
 * Each prediction, in descending score order, takes the GT of maximum IoU (+1 pixel

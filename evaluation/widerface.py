@@ -1,7 +1,7 @@
 """WIDER FACE validation evaluation, as the official MATLAB ``eval_tools`` compute it.
 
 Reproduces ``wider_eval.m`` / ``read_pred.m`` / ``norm_score.m`` / ``evaluation.m`` /
-``boxoverlap.m`` / ``VOCap.m`` (REFERENCE D.1 and D.4) in numpy:
+``boxoverlap.m`` / ``VOCap.m`` (as run under GNU Octave; docs/EVALUATION.md) in numpy:
 
 * GT: ``wider_face_val.mat`` (``event_list``, ``file_list``, ``face_bbx_list``: int32 x y w h)
   and ``wider_{easy,medium,hard}_val.mat`` (``gt_list``: per image the 1-based indices of the

@@ -1,4 +1,4 @@
-"""Anchors ("priors", REFERENCE 3.6), cached per input size.
+"""Anchors ("priors", made on every forward from the feature sizes), cached per input size.
 
 For level k, row i, column j there is one anchor (one aspect ratio, 1.0)
 ``(cx, cy, w, h) = ((j + 0.5) / (imw / step_k), (i + 0.5) / (imh / step_k), s_k / imw, s_k / imh)``,
@@ -20,7 +20,7 @@ Size = tuple[int, int]
 def vgg_feature_sizes(height: int, width: int) -> list[Size]:
     """Feature-map sizes of DSFD-VGG's six levels for an input of ``height x width``
     (floor after the first two pools, ceil at pool3, floor at pool4 and pool5, ceil at the two
-    stride-2 extras; REFERENCE 3.6)."""
+    stride-2 extras; measured on the reference model)."""
     def recurse(n: int) -> list[int]:
         s1 = (n // 2) // 2
         s2 = math.ceil(s1 / 2)

@@ -1,4 +1,4 @@
-"""Box conversions, IoU and the SSD box encoding with variances (REFERENCE 4).
+"""Box conversions, IoU and the SSD box encoding with variances (0.1 centre, 0.2 size).
 
 Boxes are ``[..., 4]`` tensors, either corner form ``(x1, y1, x2, y2)`` or centre form
 ``(cx, cy, w, h)``; anchors ("priors") are always centre form, normalised to [0, 1].

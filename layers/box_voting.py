@@ -1,4 +1,4 @@
-"""Box voting over the union of multi-scale detections (REFERENCE 10.1 item 7).
+"""Box voting over the union of multi-scale detections (the last step of the reference's test).
 
 The reference takes boxes in descending score order; the top box and every remaining box with
 IoU >= 0.3 to it (the +1 pixel convention) form a group, which is removed; groups of one box are

@@ -1,4 +1,4 @@
-"""Test-time post-processing of one shot (REFERENCE 3.7), as a plain batched function.
+"""Test-time post-processing of one shot (at test, the second: PAL2), as a plain batched function.
 
 Softmax over the classes, keep face scores > CONF_THRESH, at most NMS_TOP_K candidates per image
 by score, decode, NMS at NMS_THRESH (a box is suppressed when its IoU with a kept, higher-scoring

@@ -1,4 +1,4 @@
-"""The four no-reference losses that train the enhancer E(L) (REFERENCE 8; Zero-DCE's losses).
+"""The four no-reference losses that train the enhancer E(L) (Zero-DCE's; docs/LOW_LEVEL.md).
 
 Each function returns the unweighted term exactly as the reference computes it (its training
 loop then takes the mean of the spatial, colour and exposure maps); :class:`EnhanceLoss` weights

@@ -1,4 +1,4 @@
-"""Channel-wise L2 normalisation with a learned per-channel scale (ParseNet; REFERENCE 3.2)."""
+"""Channel-wise L2 normalisation with a learned per-channel scale (ParseNet, as in DSFD)."""
 import torch
 from torch import nn
 

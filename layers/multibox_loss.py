@@ -1,4 +1,4 @@
-"""The SSD/DSFD multibox loss (REFERENCE 4), for a whole batch at once.
+"""The SSD/DSFD multibox loss (applied to each of the two shots), for a whole batch at once.
 
 Per shot: match anchors to faces (IoU >= 0.35, and every face's best anchor forced positive),
 Smooth-L1 on the positives' encoded offsets, cross-entropy on the positives and the hardest
@@ -187,7 +187,7 @@ def ignored_anchors(pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class MultiBoxLoss(nn.Module):
-    """Localisation and confidence losses of one shot (REFERENCE 4).
+    """Localisation and confidence losses of one shot (the detection loss sums both shots).
 
     ``forward(loc [B,P,4], conf [B,P,C], priors [P,4], targets, feature_sizes)`` returns
     ``(loss_l, loss_c)``. Under DDP the sums are normalised by the positives of the *global*

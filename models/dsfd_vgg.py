@@ -1,4 +1,4 @@
-"""DSFD with a VGG16 backbone (REFERENCE 3), key-compatible with ``dsfd_vgg_0.880.pth``.
+"""DSFD with a VGG16 backbone (yxlijun/DSFD.pytorch), key-compatible with ``dsfd_vgg_0.880.pth``.
 
 Attribute names and ModuleList indices are the reference's (``vgg.31`` is the dilated fc6,
 ``fpn_fem.3.branch3.4`` and so on); the named index constants below say what each slot is.
@@ -39,7 +39,7 @@ def _ch(c: int, width: float) -> int:
 
 
 def build_vgg(width: float = 1.0) -> nn.ModuleList:
-    """The 35-entry VGG list of REFERENCE 3.2 (ReLUs and pools occupy their slots)."""
+    """The reference's 35-entry VGG list, fc6/fc7 included (ReLUs and pools occupy their slots)."""
     layers, in_ch = [], 3
     for v in VGG_CFG:
         if v == "M":

@@ -1,10 +1,10 @@
-"""The illumination enhancer E(L) (REFERENCE 8) and how to apply it to uint8 images.
+"""The illumination enhancer E(L) (docs/LOW_LEVEL.md) and how to apply it to uint8 images.
 
 E(L) is HLA-Face's variant of Zero-DCE: seven 3x3 convolutions with *additive* skips predict 16
 three-channel curve maps A_1..A_16 (tanh, in [-1, 1]), and the image is brightened by 16
 quadratic light-enhancement curves ``y <- y + A_n * (y^2 - y)`` starting from ``y = x`` (RGB in
 [0, 1]). The attribute names are the reference's, so ``Illumination-Enhancer.pth`` (14 tensors,
-214,128 parameters) loads strictly (REFERENCE 12.3).
+214,128 parameters: ``e_conv{1..7}.{weight,bias}``) loads strictly.
 
 :func:`enhance_uint8` is what test.py and ``tools/enhance_images.py`` call: uint8 RGB in, uint8
 RGB out, quantised exactly as torchvision's ``save_image`` does (x*255 + 0.5, clamp to [0, 255],
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-N_CURVES = 16                  # quadratic curve steps (REFERENCE 8)
+N_CURVES = 16                  # quadratic curve steps (Zero-DCE has 8; HLA-Face uses 16)
 N_FEAT = 64
 RECEPTIVE_RADIUS = 7           # seven stacked 3x3 convolutions, stride 1: 7 px each way
 DEFAULT_MARGIN = 16            # tile overlap used by enhance_uint8 (> RECEPTIVE_RADIUS)

@@ -1,4 +1,4 @@
-"""Self-supervised heads on the detector's six first-shot sources (REFERENCE 5.1, 5.2, 5.5).
+"""Self-supervised heads on the detector's six first-shot sources (jigsaw, rotation, MoCo).
 
 Every level k has its own small head (the reference's ``UniversalMLPV2`` /
 ``ContrastiveMLPConv``): ``conv1`` 3x3 C_k->64, ReLU, ``conv2`` 3x3 64->64, ReLU, global average
@@ -59,7 +59,7 @@ class ClassificationHead(nn.Module):
     """The reference's ``BasicTrainer``: per-level classifiers under ``Head``.
 
     ``forward(feats, labels)`` is the cross-entropy (mean over the batch) summed over the levels
-    (REFERENCE 5.1, 5.2).
+    (every level weighted 1, as in the reference).
     """
 
     def __init__(self, channels: Sequence[int], num_classes: int):

@@ -1,8 +1,9 @@
 """The training container: the detector plus one head per enabled self-supervised task.
 
 Its attributes are named exactly as the reference's ``Trainer`` (``net``, ``jig_33_trainer``,
-``contrg_trainer``, ``tsf_trainer``, ...), so its state_dict *is* the HLA trainer layout of
-REFERENCE 12.2 (452 keys with the default tasks): HLA ``trainer_<it>.pth`` files load into it
+``contrg_trainer``, ``tsf_trainer``, ...), so its state_dict *is* the HLA trainer layout
+(452 keys with the default tasks: the 186 detector keys under ``net.``, 36 for the jigsaw head,
+115 for each MoCo task; docs/ADAPTATION.md): HLA ``trainer_<it>.pth`` files load into it
 strictly, and ``utils.checkpoint.detector_state_dict`` finds the detector under ``net.``.
 
 ``forward(images, ssl_batches)`` runs the detection forward and every task's loss, so that one

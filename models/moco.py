@@ -103,7 +103,7 @@ class MoCo(nn.Module):
         """Normalised keys of ``im_k`` at every level: ``[N, L, dim]`` float32."""
         if self.batchnorm and dist.is_distributed():
             im_k, unshuffle = _batch_shuffle_ddp(im_k)
-            with _statistics_kept(self.encoder_k):      # batch statistics normalise, and only
+            with _statistics_kept(self.encoder_k):      # shuffled-batch statistics only
                 feats = self.encoder_k(im_k)
             keys = torch.stack([F.normalize(k.float(), dim=1) for k in self.head_k(feats)], 1)
             return _batch_unshuffle_ddp(keys, unshuffle)

@@ -1,4 +1,5 @@
-"""Pix2pix (Isola et al., CVPR 2017) for the noise synthesis D(H) (REFERENCE 9), written here.
+"""Pix2pix (Isola et al., CVPR 2017) for the noise synthesis D(H) (docs/LOW_LEVEL.md), written
+here.
 
 * :class:`UnetGenerator`: the U-Net-256 of the paper, 8 down levels (a 256x256 input reaches
   1x1), ``ngf`` = 64 filters at the top; encoder ``C64-C128-C256-C512-C512-C512-C512-C512``

@@ -1,5 +1,5 @@
-"""The reference's test-time protocol (REFERENCE 10.1): single scale, or multi-scale + flip +
-pyramid passes with size filters, then box voting.
+"""The reference's test-time protocol (its ``test_code/test.py``): single scale, or multi-scale
++ flip + pyramid passes with size filters, then box voting.
 
 A *pass* resizes the image by ``scale`` (cv2 INTER_LINEAR, as the reference), optionally
 flipped, detects, maps boxes back to original pixels and keeps the boxes its size filter allows:

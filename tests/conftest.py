@@ -1,9 +1,10 @@
 """Shared pytest fixtures.
 
 Real data for tests lives in ``../shared/data`` beside the checkout (override with
-``HLA_SHARED_DATA``). Tests that need it take the ``shared_data`` fixture: when the folder is
-absent they are skipped with a reason, unless ``HLA_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``),
-in which case they fail, so CI always runs them.
+``HLA_SHARED_DATA``), reference key tables in ``../shared/docs`` (``HLA_SHARED_DOCS``). Tests that
+need them take the ``shared_data`` / ``shared_docs`` fixtures: when the folder is absent they are
+skipped with a reason, unless ``HLA_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``), in which case
+they fail, so CI always runs them.
 """
 import os
 import sys
@@ -16,17 +17,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = Path(os.environ.get("HLA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DOCS = Path(os.environ.get("HLA_SHARED_DOCS", ROOT.parent / "shared" / "docs"))
 REQUIRE_SHARED_DATA = os.environ.get("HLA_REQUIRE_SHARED_DATA") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    if SHARED_DATA.is_dir() or REQUIRE_SHARED_DATA:
+    if REQUIRE_SHARED_DATA:
         return
-    missing = pytest.mark.skipif(True, reason=f"shared test data not found at {SHARED_DATA} "
-                                              "(set HLA_SHARED_DATA)")
-    for item in items:
-        if "shared_data" in getattr(item, "fixturenames", ()):
-            item.add_marker(missing)
+    for fixture, folder, variable in (("shared_data", SHARED_DATA, "HLA_SHARED_DATA"),
+                                      ("shared_docs", SHARED_DOCS, "HLA_SHARED_DOCS")):
+        if folder.is_dir():
+            continue
+        missing = pytest.mark.skipif(True, reason=f"shared test files not found at {folder} "
+                                                  f"(set {variable})")
+        for item in items:
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(missing)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +41,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"HLA_REQUIRE_SHARED_DATA=1 but {SHARED_DATA} does not exist")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_docs() -> Path:
+    """Path of ``../shared/docs`` (Pytorch_Retinaface's key tables); like :func:`shared_data`."""
+    if not SHARED_DOCS.is_dir():
+        pytest.fail(f"HLA_REQUIRE_SHARED_DATA=1 but {SHARED_DOCS} does not exist")
+    return SHARED_DOCS
 
 
 @pytest.fixture(autouse=True)

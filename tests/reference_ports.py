@@ -1,6 +1,6 @@
 """Literal, slow ports of the reference's per-image algorithms, used only as test oracles.
 
-Written straight from REFERENCE.md section 4 (``match_ssd`` + MultiBoxLoss) and 3.7 (Detect):
+Written straight from the reference's ``match_ssd`` + MultiBoxLoss and its ``Detect``:
 one image at a time, dense IoU, a Python loop over faces, sort-based hard-negative mining.
 """
 import torch
@@ -94,7 +94,7 @@ def detect(loc, conf, priors, variances=(0.1, 0.2), conf_thresh=0.05, nms_thresh
 
 
 def bbox_vote(det_):
-    """The reference's box voting, one group per Python iteration (REFERENCE 10.1 item 7)."""
+    """The reference's box voting (test.py's ``bbox_vote``), one group per Python iteration."""
     import numpy as np
     order_ = det_[:, 4].ravel().argsort(kind="stable")[::-1]
     det_ = det_[order_, :]

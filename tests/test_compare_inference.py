@@ -248,12 +248,7 @@ def test_yunet_onnx_runner_matches_opencv_face_detector_yn(shared_data):
 
 
 def test_retinaface_export_through_the_runner_matches_pytorch(tmp_path):
-    from models.factory import get_entry
-    try:
-        get_entry("retinaface_mnet")
-        import models.retinaface as rf
-    except Exception as exc:                       # noqa: BLE001 - being written right now
-        pytest.skip(f"the retinaface_mnet registry entry does not build yet: {exc}")
+    import models.retinaface as rf
     from data.config import load_config
     from models.inference import FaceDetector
     cfg = load_config(overrides=["MODEL.NAME='retinaface_mnet'", "DETECT.CONF_THRESH=0.3"])

@@ -32,7 +32,7 @@ def made(tmp_path_factory) -> Path:
 
 
 def parse_list_file(path: Path) -> dict:
-    """REFERENCE 6.1: ``<image_path> <N> x y w h label`` repeated N times, one line per image."""
+    """WIDER list: ``<image_path> <N>`` then ``x y w h label`` N times, one line per image."""
     entries = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         tokens = line.split()
@@ -45,7 +45,7 @@ def parse_list_file(path: Path) -> dict:
 
 
 def parse_darkface_label(path: Path) -> list:
-    """DARK FACE (REFERENCE 10.2): the count, then one ``x1 y1 x2 y2`` line per face."""
+    """DARK FACE label file: the count, then one ``x1 y1 x2 y2`` line per face."""
     lines = path.read_text().split("\n")
     n = int(lines[0])
     return [tuple(int(v) for v in line.split()) for line in lines[1:1 + n]]

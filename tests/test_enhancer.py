@@ -16,7 +16,8 @@ from models.enhancement import (RECEPTIVE_RADIUS, EnhanceNet, _enhance_tiled, en
 from tools import enhance_images, train_enhancer
 from utils.checkpoint import load_file
 
-# REFERENCE 12.3, written out independently of the model code.
+# The 14 tensors of the released Illumination-Enhancer.pth, written out independently of the
+# model code.
 REFERENCE_KEYS = {
     "e_conv1.weight": (64, 3, 3, 3), "e_conv1.bias": (64,),
     "e_conv2.weight": (64, 64, 3, 3), "e_conv2.bias": (64,),

@@ -1,7 +1,7 @@
 """Tests of evaluation/darkface.py and tools/eval_darkface.py.
 
 ``reference_darkface`` below is an independent, deliberately naive transcription of the
-official Octave tool (REFERENCE D.3/D.4): Python loops per prediction, per GT and per
+official Octave tool (docs/EVALUATION.md): Python loops per prediction, per GT and per
 threshold. The vectorised evaluator must give the very same curves on random data.
 """
 import json
@@ -17,7 +17,7 @@ from tools import eval_darkface
 
 
 # ---------------------------------------------------------------------------------------------
-# Brute-force reference, straight from D.4
+# Brute-force reference, straight from what the Octave tool does
 # ---------------------------------------------------------------------------------------------
 def reference_darkface(gt, preds):
     """gt: id -> list of [x1, y1, x2, y2]; preds: id -> list of [x1, y1, x2, y2, s] or None."""

@@ -1,7 +1,7 @@
 """Tests of evaluation/widerface.py and tools/eval_widerface.py.
 
 ``reference_wider`` is an independent, deliberately naive transcription of the official
-MATLAB tool (REFERENCE D.1/D.4) with MATLAB's int32 arithmetic spelled out on Python integers
+MATLAB tool (docs/EVALUATION.md) with MATLAB's int32 arithmetic spelled out on Python integers
 (exact rational rounding via ``fractions``): loops per prediction, per GT and per threshold.
 The vectorised evaluator must give the very same curves on random data.
 """
@@ -23,7 +23,7 @@ INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
 # ---------------------------------------------------------------------------------------------
-# Brute-force reference, straight from D.4
+# Brute-force reference, straight from what the MATLAB tool does under Octave
 # ---------------------------------------------------------------------------------------------
 def sat(v):
     return max(INT32_MIN, min(INT32_MAX, v))

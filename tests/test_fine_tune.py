@@ -304,10 +304,7 @@ def test_retinaface_fine_tunes_from_a_module_prefixed_file(tmp_path):
 
 
 def test_yunet_fine_tunes_from_the_released_weights(tmp_path, shared_data):
-    pytest.importorskip("models.yunet")
     released = shared_data / "yunet" / "yunet_n.pth"
-    if not released.is_file():
-        pytest.skip(f"{released} not found")
     label = write_block_dataset(tmp_path / "data", "labelv2")
     out = tmp_path / "runs"
     res = run_script(["tools/fine_tune.py", "--data", str(label), "--val", str(label),

@@ -12,7 +12,7 @@ from models.hla_trainer import HLATrainer
 from models.ssl_tasks import SSL_TASKS, build_tasks
 
 C = [256, 512, 512, 1024, 512, 256]
-SIZES_192 = [48, 24, 12, 6, 3, 2]          # REFERENCE 3.7: the source maps of a 192-px input
+SIZES_192 = [48, 24, 12, 6, 3, 2]          # the source maps of a 192-px input (measured)
 
 
 def feats(channels, sizes, n=2, seed=0):

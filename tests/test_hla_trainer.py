@@ -1,10 +1,10 @@
-"""The trainer container loads an HLA-format trainer checkpoint (REFERENCE 12.2) strictly."""
+"""The trainer container loads an HLA-format trainer checkpoint (``trainer_<it>.pth``) strictly."""
 import torch
 
 import train
 from data.config import default_config
 from models.hla_trainer import trainer_state_dict
-from tests.test_model import reference_key_table        # Appendix A, written out there
+from tests.test_model import reference_key_table        # the DSFD keys, written out there
 
 C = [256, 512, 512, 1024, 512, 256]
 ENCODER_PARTS = ("vgg.", "L2Normof1.", "L2Normof2.", "L2Normof3.", "extras.")
@@ -20,7 +20,7 @@ def head_table(prefix, out):
 
 
 def hla_trainer_table():
-    """REFERENCE 12.2: ``trainer_<it>.pth`` with the default toggles, as {key: shape}."""
+    """``trainer_<it>.pth`` with the default toggles (452 keys), as {key: shape}."""
     net = reference_key_table()
     t = {f"net.{k}": v for k, v in net.items()}
     t.update({f"jig_33_trainer.{k}": v for k, v in head_table("Head.MLP", 30).items()})

@@ -1,4 +1,4 @@
-"""DSFD-VGG: the state_dict contract of REFERENCE 12.1 / Appendix A, shapes and feature mode."""
+"""DSFD-VGG: the state_dict contract of ``dsfd_vgg_0.880.pth``, shapes and feature mode."""
 import pytest
 import torch
 
@@ -10,7 +10,8 @@ C = [256, 512, 512, 1024, 512, 256]
 
 
 def reference_key_table():
-    """Appendix A of REFERENCE.md, written out independently of models/dsfd_vgg.py."""
+    """The 186 keys and shapes of the released DSFD, written out independently of
+    models/dsfd_vgg.py."""
     t = {}
     vgg = {0: (64, 3, 3), 2: (64, 64, 3), 5: (128, 64, 3), 7: (128, 128, 3), 10: (256, 128, 3),
            12: (256, 256, 3), 14: (256, 256, 3), 17: (512, 256, 3), 19: (512, 512, 3),

@@ -15,7 +15,7 @@ from models.inference import build_face_detector
 from tools import make_pseudo_boxes as mpb
 from utils.checkpoint import atomic_save
 
-# one line of REFERENCE 6.1 as the shipped mf_dsfd_dark_face_train.txt writes it
+# one line of the WIDER list format as the shipped mf_dsfd_dark_face_train.txt writes it
 LINE = re.compile(r"^\./dataset/DarkFace/images_enhanced/train/\d+\.png (\d+)"
                   r"((?: -?\d+ -?\d+ \d+ \d+ 1)*)$")
 

@@ -6,7 +6,6 @@ the tests that read them skip with a reason when absent, unless ``HLA_REQUIRE_SH
 """
 import itertools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,14 @@ from models.retinaface import (RetinaFace, export_retinaface_onnx, load_retinafa
                                retinaface_entry)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DOCS = Path(os.environ.get("HLA_SHARED_DOCS", ROOT.parent / "shared" / "docs"))
 TABLES = {"retinaface_mnet": ("mnet_keys.tsv", 300, 159, 426_608),
           "retinaface_r50": ("re50_keys.tsv", 456, 237, 27_293_600)}
 MIN_SIZES, STEPS, VAR = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
 
 
 @pytest.fixture(scope="module")
-def key_tables() -> Path:
-    folder = SHARED_DOCS / "retinaface_keys"
-    if not folder.is_dir():
-        if os.environ.get("HLA_REQUIRE_SHARED_DATA") == "1":
-            pytest.fail(f"HLA_REQUIRE_SHARED_DATA=1 but {folder} does not exist")
-        pytest.skip(f"RetinaFace key tables not found at {folder} (set HLA_SHARED_DOCS)")
-    return folder
+def key_tables(shared_docs) -> Path:
+    return shared_docs / "retinaface_keys"
 
 
 @pytest.fixture(scope="module")

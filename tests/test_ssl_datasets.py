@@ -14,7 +14,7 @@ from data.ssl_tasks import DataSources, build_ssl_loaders
 from models.ssl_tasks import build_tasks
 from tests.ssl_helpers import make_ssl_data
 
-# Appendix B of REFERENCE.md, typed out: "class: perm[class]"
+# The reference's permutations_hamming_max_30.npy (0-based), typed out: "class: perm[class]"
 APPENDIX_B = """
  0: 8 0 7 6 2 3 5 4 1     15: 6 5 8 7 2 0 1 4 3
  1: 0 1 2 3 4 5 6 7 8     16: 7 8 1 6 4 5 0 3 2

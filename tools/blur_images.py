@@ -1,4 +1,4 @@
-"""The blurring steps of the noise synthesis D(H) (REFERENCE 9, items 1 and 3).
+"""The blurring steps of the noise synthesis D(H): E(L)_blur and H_blur (docs/LOW_LEVEL.md).
 
     python tools/blur_images.py --mode el [--input DIR] [--output DIR] [KEY.SUB=VALUE ...]
     python tools/blur_images.py --mode h  [--input DIR] [--output DIR] [KEY.SUB=VALUE ...]

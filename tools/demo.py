@@ -125,10 +125,11 @@ class Demo:
                 "SOLVER.WEIGHT_DECAY=1e-4", f"RUN.OUTPUT_DIR={self.runs}",
                 f"RUN.NUM_WORKERS={self.args.workers}", "RUN.TENSORBOARD=False"]
 
-    def schedule(self, steps: int, lr: float, warmup: int = 10) -> list[str]:
+    @staticmethod
+    def schedule(steps: int, lr: float, warmup: int = 10, checkpoints: int = 2) -> list[str]:
         return [f"SOLVER.MAX_STEPS={steps}", f"SOLVER.LR={lr}", f"SOLVER.WARMUP_ITERS={warmup}",
-                f"SOLVER.LR_STEPS=[{steps * 4 // 5}]", f"RUN.LOG_EVERY={max(steps // 4, 1)}",
-                f"RUN.CKPT_EVERY={max(steps // 2, 1)}"]
+                f"SOLVER.LR_STEPS=[{steps * 4 // 5}]", f"RUN.LOG_EVERY={max(steps // 6, 1)}",
+                f"RUN.CKPT_EVERY={max(steps // checkpoints, 1)}"]
 
     def train_source(self) -> Path:
         steps = self.args.source_steps
@@ -136,8 +137,7 @@ class Demo:
         if not final.is_file():
             self._train(["--config", str(ROOT / "configs" / "detection_only.yaml"),
                          *self.common_opts(), "MODEL.WEIGHTS=''", "RUN.NAME=source",
-                         *self.schedule(steps, 1e-3, warmup=20),
-                         f"RUN.CKPT_EVERY={max(steps // 3, 1)}"], final)
+                         *self.schedule(steps, 1e-3, warmup=20, checkpoints=3)], final)
         return final
 
     def train_enhancer(self) -> Path:

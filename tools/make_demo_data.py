@@ -36,13 +36,13 @@ describes the model and the default ranges).
 
 Box convention: a face box is ``x y w h`` in integer pixels, covering columns ``x .. x+w-1`` and
 rows ``y .. y+h-1``. DARK FACE labels write the same box as ``x1 y1 x2 y2 = x y x+w y+h``, the
-conversion the official tools apply to WIDER boxes (REFERENCE D.4, item 4).
+conversion the official tools apply to WIDER boxes (docs/EVALUATION.md).
 
 Output layout under ``--out``::
 
     WIDER_train/images/0--Demo/0_Demo_<k>.jpg  clean labelled training images
     WIDER_val/images/0--Demo/0_Demo_<k>.jpg    clean held-out images
-    wider_face_train.txt, wider_face_val.txt   list files (REFERENCE 6.1): one line per image,
+    wider_face_train.txt, wider_face_val.txt   list files (docs/DATASETS.md): one line per image,
                                                "./WIDER_train/images/... N x y w h 1 ...",
                                                paths relative to --out
     DarkFace/images/train/<id>.png             dark target-domain training images (labels unused

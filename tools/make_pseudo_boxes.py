@@ -4,12 +4,12 @@
                                       [--threshold 0.5] [--min-boxes 1]
                                       [--mode multi|single] [--scale 1] [KEY.SUB=VALUE ...]
 
-The boxes only centre the self-supervised crops on the enhanced DARK FACE images (REFERENCE
-6.2); their labels are never detection targets. This runs any detector checkpoint that test.py
-accepts on the *enhanced* images (``--images``, default ENHANCE.ENHANCED_DIR), with test.py's
-protocol (``--mode multi``: the multi-scale plan and box voting; ``--mode single``: one pass at
-``--scale``), and writes the list file (default FACE.TAR_TRAIN_FILE) in the REFERENCE 6.1
-format, one image a line::
+The boxes only centre the self-supervised crops on the enhanced DARK FACE images (so that the
+crops do not land on pure-black sky); their labels are never detection targets. This runs any
+detector checkpoint that test.py accepts on the *enhanced* images (``--images``, default
+ENHANCE.ENHANCED_DIR), with test.py's protocol (``--mode multi``: the multi-scale plan and box
+voting; ``--mode single``: one pass at ``--scale``), and writes the list file (default
+FACE.TAR_TRAIN_FILE) in the WIDER list format (docs/DATASETS.md), one image a line::
 
     ./dataset/DarkFace/images_enhanced/train/<id>.png N x y w h 1 x y w h 1 ...
 

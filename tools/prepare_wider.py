@@ -1,4 +1,4 @@
-"""Convert the official WIDER FACE ground truth into the project's list files (REFERENCE 6.1).
+"""Convert the official WIDER FACE ground truth into the project's list files (docs/DATASETS.md).
 
 The official ``wider_face_{train,val}_bbx_gt.txt`` holds, per image, a path line
 (``<event>/<name>.jpg``), a face-count line, then one line per face::

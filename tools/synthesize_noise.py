@@ -1,4 +1,4 @@
-"""Synthesise the noisy WIDER images D(H) with the trained pix2pix generator (REFERENCE 9, 3-5).
+"""Synthesise the noisy WIDER images D(H) with the trained pix2pix generator (docs/LOW_LEVEL.md).
 
     python tools/synthesize_noise.py [--weights G] [--from wider|blur] [--input DIR]
                                      [--output DIR] [KEY.SUB=VALUE ...]

@@ -1,4 +1,4 @@
-"""Train the illumination enhancer E(L) (REFERENCE 8) on any folder of images.
+"""Train the illumination enhancer E(L) (docs/LOW_LEVEL.md) on any folder of images.
 
     python tools/train_enhancer.py [--config PRESET] [--resume auto|CKPT] [--max-steps N]
                                    [KEY.SUB=VALUE ...]

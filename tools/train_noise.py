@@ -1,4 +1,4 @@
-"""Train the pix2pix that synthesises low-light noise, E(L)_blur -> E(L) (REFERENCE 9, item 2).
+"""Train the pix2pix that synthesises low-light noise, E(L)_blur -> E(L) (docs/LOW_LEVEL.md).
 
     python tools/train_noise.py [--config PRESET] [--resume auto|CKPT] [--max-steps N]
                                 [KEY.SUB=VALUE ...]

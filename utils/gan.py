@@ -1,4 +1,4 @@
-"""The pix2pix update of the noise synthesis D(H) (REFERENCE 9, item 2): one training step of a
+"""The pix2pix update of the noise synthesis D(H) (docs/LOW_LEVEL.md): one training step of a
 conditional GAN, vanilla GAN loss plus L1, and pix2pix's linear learning-rate decay.
 
 Shared by ``tools/train_noise.py`` (the trainer) and ``bench/bench_pix2pix.py`` (its speed), so

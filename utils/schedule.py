@@ -1,4 +1,4 @@
-"""The reference's learning-rate schedule (REFERENCE 2.6), as a function of the step count.
+"""The reference's learning-rate schedule (linear warm-up, steps), as a function of the step count.
 
 ``step`` is the number of optimizer steps already taken. During warm-up
 ``lr = WARMUP_LR + (LR - WARMUP_LR) * step / WARMUP_ITERS``, then LR, and ``LR * GAMMA ** k``
