@@ -56,7 +56,8 @@ from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
 from data.strong_aug import StrongAugParams, sample_generators, strong_augment
 from evaluation.validation import build_validation
 from models.factory import build_net, get_entry, ssl_input_is_bgr
-from models.hla_trainer import HLATrainer, init_heads, trainer_state_dict
+from models.hla_trainer import (HLATrainer, average_batchnorm_statistics, init_heads,
+                                trainer_state_dict)
 from models.ema import ModelEMA
 from models.inference import autocast
 from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
@@ -415,6 +416,8 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
                     # the target batch through the detector itself: DDP's gradient hooks sit on
                     # the parameters, so the one backward below reduces both passes
                     pl_out = trainer.net(pl.images) if pl is not None else None
+                if pl_out is not None:        # this pass ran outside the trainer: its BN
+                    average_batchnorm_statistics(trainer.net)     # statistics, as the others'
                 loss_dict = {**criterion(out, targets, tuple(images.shape[-2:])), **ssl_losses,
                              **pseudo_losses(criterion, pl_out, pl)}
                 loss = sum(weight_of(k) * v for k, v in loss_dict.items())

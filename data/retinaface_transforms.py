@@ -31,7 +31,6 @@ reference's label rule); in the output its ten landmark values are -1 otherwise.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import cv2

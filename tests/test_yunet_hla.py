@@ -18,7 +18,7 @@ from models.enhancement import EnhanceNet
 from models.yunet import YuNet
 from tests.helpers import ROOT, make_tiny_wider, run_script
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
-from utils.checkpoint import atomic_save, load_file, strip_prefix
+from utils.checkpoint import atomic_save, load_file
 
 HEADS = {"jig_33": "jig_33_trainer", "contrg": "contrg_trainer", "tsf": "tsf_trainer"}
 LEVELS, CHANNELS = 3, 64                   # YuNet's feature maps: strides 8, 16, 32, 64 each
