@@ -162,7 +162,7 @@ class Demo:
         if not generator.is_file():
             self._run("tools/train_noise.py", [
                 "--resume", "auto", *keys, "NOISE.EPOCHS=1", "NOISE.EPOCHS_DECAY=1",
-                "NOISE.NGF=16", "NOISE.NDF=16", "NOISE.CROP=128", f"RUN.OUTPUT_DIR={self.runs}",
+                "NOISE.NGF=16", "NOISE.NDF=16", f"RUN.OUTPUT_DIR={self.runs}",
                 "RUN.NAME=noise", "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False"], generator)
         synthesize_noise.main(["--weights", str(generator), "--workers", str(self.args.workers),
                                f"NOISE.WIDER_DIR={self.data / 'WIDER_train' / 'images'}",
