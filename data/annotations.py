@@ -9,6 +9,9 @@
                ``x1 y1 x2 y2`` optionally followed by 5 x ``(lx ly flag)`` (or 5 x ``(lx ly)``)
 ``laboro``     the Laboro TV Face folder layout (``train/label.txt``, ``val/tvval_list.txt``,
                ``test/tvtest_list.txt``, each beside an ``images/`` folder)
+``dlib_xml``   dlib's imglab XML (``examples/faces/training.xml``): ``<image file=...>``
+               elements holding ``<box top left width height [ignore]>``, optionally with
+               68 ``<part name x y>`` points a box
 =============  ===========================================================================
 
 Every reader returns boxes as float64 pixel ``x1, y1, x2, y2`` with ``x2 = x + w`` (the
@@ -56,7 +59,7 @@ class AnnotationError(ValueError):
 class FaceRecord:
     """One image: ``boxes`` ``[n, 4]`` float64 pixel x1, y1, x2, y2 (x2 = x + w),
     ``landmarks`` ``[n, 5, 2]`` float64 pixels (-1 where absent), ``labels`` ``[n]`` int64,
-    ``size`` ``(W, H)`` when the file states it (``labelv2``), else None."""
+    ``size`` ``(W, H)`` when the file states it (``labelv2``, ``dlib_xml``), else None."""
     path: str
     boxes: np.ndarray
     landmarks: np.ndarray
@@ -315,11 +318,118 @@ def read_laboro(path, root=None, split: str = "train") -> list[FaceRecord]:
     return _read_image_list(listing, images)
 
 
+# ---- dlib_xml -----------------------------------------------------------------------------------
+
+DLIB_BOX_KEYS = ("top", "left", "width", "height")
+# The 5 points of the other formats from dlib's 68-point (iBUG 300-W) parts: the image-left eye
+# (mean of parts 36-41), the image-right eye (42-47), the nose tip (30), the mouth corners (48, 54).
+DLIB_FIVE_POINTS = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
+
+
+class _DlibHandler:
+    """expat callbacks collecting images, boxes (dlib's ``top left width height``), their
+    ``ignore`` flag and 68-point parts, each with the line it was read on."""
+
+    def __init__(self, path: Path, parser):
+        self.path, self.parser = path, parser
+        self.images: list[str] = []
+        self.sizes: list[tuple[int, int] | None] = []
+        self.boxes: list[list[float]] = []
+        self.owner: list[int] = []
+        self.ignore: list[bool] = []
+        self.parts: list[dict[int, tuple[float, float]]] = []
+        self.in_box = False
+
+    def error(self, message: str):
+        return AnnotationError(self.path, self.parser.CurrentLineNumber, message)
+
+    def number(self, attrs: dict, key: str, tag: str) -> float:
+        try:
+            value = float(attrs[key])
+        except KeyError:
+            raise self.error(f"<{tag}> has no '{key}' attribute") from None
+        except ValueError:
+            raise self.error(f"<{tag} {key}={attrs[key]!r}> is not a number") from None
+        if not np.isfinite(value):
+            raise self.error(f"<{tag} {key}={attrs[key]!r}> is not finite")
+        return value
+
+    def start(self, tag: str, attrs: dict) -> None:
+        if tag == "image":
+            if not attrs.get("file"):
+                raise self.error("<image> has no 'file' attribute")
+            self.images.append(attrs["file"])
+            size = (attrs.get("width"), attrs.get("height"))
+            self.sizes.append((int(size[0]), int(size[1])) if all(
+                v is not None and v.isdigit() for v in size) else None)
+        elif tag == "box":
+            if not self.images:
+                raise self.error("<box> outside any <image>")
+            self.boxes.append([self.number(attrs, k, "box") for k in DLIB_BOX_KEYS])
+            self.owner.append(len(self.images) - 1)
+            self.ignore.append(attrs.get("ignore", "0").strip() not in ("", "0"))
+            self.parts.append({})
+            self.in_box = True
+        elif tag == "part" and self.in_box:
+            name = attrs.get("name", "")
+            if not name.isdigit():
+                raise self.error(f"<part name={name!r}> is not a point number")
+            self.parts[-1][int(name)] = (self.number(attrs, "x", "part"),
+                                         self.number(attrs, "y", "part"))
+
+    def end(self, tag: str) -> None:
+        if tag == "box":
+            self.in_box = False
+
+
+def _dlib_landmarks(parts: list[dict[int, tuple[float, float]]]) -> np.ndarray:
+    """``[n, 5, 2]``: the 5 points from each box's 68 parts (-1 for a box without all of the
+    parts they need)."""
+    out = np.full((len(parts), NUM_LANDMARKS, 2), MISSING)
+    for i, points in enumerate(parts):
+        if all(k in points for group in DLIB_FIVE_POINTS for k in group):
+            out[i] = [np.mean([points[k] for k in group], axis=0) for group in DLIB_FIVE_POINTS]
+    return out
+
+
+def read_dlib_xml(path, root=None, split: str = "train") -> list[FaceRecord]:
+    """dlib's imglab XML (the encoding the file declares; dlib's own are ISO-8859-1). Boxes
+    are ``top left width height`` pixels, so ``x1, y1 = left, top`` and ``x2 = left + width``;
+    a box with ``ignore='1'`` keeps label 0 (the others 1: dlib scores neither a hit nor a
+    miss on an ignored box). With the 68 ``<part>`` points of dlib's landmark files, the 5
+    landmarks are :data:`DLIB_FIVE_POINTS`. Image paths are relative to ``root`` or, by
+    default, to the XML file's folder (dlib's convention); ``split`` is unused. Malformed XML
+    or a box without a number raises :class:`AnnotationError` naming ``file:line``."""
+    from xml.parsers import expat
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    parser = expat.ParserCreate()
+    handler = _DlibHandler(path, parser)
+    parser.StartElementHandler, parser.EndElementHandler = handler.start, handler.end
+    try:
+        parser.Parse(path.read_bytes(), True)
+    except expat.ExpatError as exc:
+        raise AnnotationError(path, exc.lineno, f"not well-formed XML ({expat.ErrorString(exc.code)}, "
+                                                f"column {exc.offset + 1})") from None
+    if not handler.images:
+        raise AnnotationError(path, None, "no <image file=...> element (not a dlib XML file?)")
+    values = np.asarray(handler.boxes, dtype=np.float64).reshape(-1, 4)
+    boxes = np.stack([values[:, 1], values[:, 0], values[:, 1] + values[:, 2],
+                      values[:, 0] + values[:, 3]], axis=1)     # top left w h -> x1 y1 x2 y2
+    base = Path(root) if root is not None else path.parent
+    return _records(path, [str(base / name) for name in handler.images],
+                    np.asarray(handler.owner, dtype=np.int64), boxes,
+                    _dlib_landmarks(handler.parts),
+                    np.where(handler.ignore, 0, 1).astype(np.int64), handler.sizes)
+
+
 FORMATS: dict[str, Callable[..., list[FaceRecord]]] = {
     "wider": read_wider,
     "retinaface": read_retinaface,
     "labelv2": read_labelv2,
     "laboro": read_laboro,
+    "dlib_xml": read_dlib_xml,
 }
 
 
@@ -334,6 +444,8 @@ def detect_format(path) -> str:
             return "laboro"
         raise AnnotationError(path, None, "folder is not a Laboro TV Face root (no train/, val/ "
                                           f"or test/ with images/); known formats: {known}")
+    if path.is_file() and path.read_bytes()[:256].lstrip(_BOM + b" \t\r\n").startswith(b"<"):
+        return "dlib_xml"                           # XML (any encoding): dlib's imglab format
     lines = _read_lines(path)
     if not lines:
         raise AnnotationError(path, None, f"no annotation lines to tell the format from; "

@@ -121,8 +121,10 @@ def load_darkface_preds(pred_dir: str | Path, ids: Iterable[str], progress: bool
     return preds
 
 
-def match_max_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """For each prediction, the index of its max-IoU GT if that IoU >= 0.5, else -1.
+def match_max_iou(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = IOU_THRESHOLD
+                  ) -> np.ndarray:
+    """For each prediction, the index of its max-IoU GT if that IoU >= ``iou_threshold`` (the
+    official 0.5 by default), else -1.
 
     pred: (P, >=4) corners, gt: (G, 4) corners, both double. The arithmetic follows
     ``boxoverlap.m`` operation by operation so the doubles agree bit for bit:
@@ -141,15 +143,17 @@ def match_max_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     iou[(w <= 0) | (h <= 0)] = 0.0
     best = np.argmax(iou, axis=1)
     best_iou = iou[np.arange(len(pred)), best]
-    return np.where(best_iou >= IOU_THRESHOLD, best, -1)
+    return np.where(best_iou >= iou_threshold, best, -1)
 
 
 def evaluate_darkface_boxes(gt: Mapping[str, np.ndarray], preds: Mapping[str, np.ndarray],
-                            progress: bool = False) -> dict:
+                            progress: bool = False, iou_threshold: float = IOU_THRESHOLD) -> dict:
     """Evaluate in-memory boxes: ``gt`` id -> (N, 4) corners, ``preds`` id -> (n, 5) rows.
 
     Only the ids of ``gt`` are evaluated; an id absent from ``preds`` has no predictions.
     Prediction rows may be in any order (they are sorted here, stably, by score).
+    ``iou_threshold``: the official 0.5 unless a benchmark with tighter boxes than the
+    detector's says otherwise (bench/night_benchmark.py: dlib's tight face squares).
     Returns ``dict(ap=float, precision=(1000,), recall=(1000,))``.
     """
     ids = list(gt)
@@ -164,7 +168,7 @@ def evaluate_darkface_boxes(gt: Mapping[str, np.ndarray], preds: Mapping[str, np
         num_faces += len(boxes)
         pred = rows.get(image_id)
         if len(boxes) and pred is not None:
-            matched = match_max_iou(pred, boxes)
+            matched = match_max_iou(pred, boxes, iou_threshold)
             scores.append(normalize_scores(pred[:, 4], hi, lo, equal_range_branch=True))
             gt_ids.append(np.where(matched >= 0, matched + gt_offset, -1))
         gt_offset += len(boxes)

@@ -1,6 +1,7 @@
 """data/annotations.py: the registry of face-annotation formats, readers, writers, sniffing."""
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,7 +245,7 @@ def test_detect_format(tmp_path):
         detect_format(tmp_path / "tvface" / "train")
     with pytest.raises(ValueError, match="unknown annotation format 'coco'"):
         read_annotations(odd, "coco")
-    assert set(FORMATS) == {"wider", "retinaface", "labelv2", "laboro"}
+    assert set(FORMATS) == {"wider", "retinaface", "labelv2", "laboro", "dlib_xml"}
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -357,3 +358,87 @@ def test_real_wider_val_agrees_with_parse_list_file_and_labelv2(shared_data):
     # The same faces in both files: x2 = x + w on one side, x2 as written on the other.
     assert [r.path.split("images/")[-1] for r in ours] == [r.path.split("images/")[-1] for r in v2]
     assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(ours, v2))
+
+
+# ---- dlib_xml ----------------------------------------------------------------------------------
+
+DLIB_XML = """<?xml version='1.0' encoding='ISO-8859-1'?>
+<dataset><name>caf\xe9</name>
+<images>
+  <image file='a.jpg' width='64' height='48'>
+    <box top='2' left='1' width='10' height='20'/>
+    <box top='5' left='6' width='7' height='8' ignore='1'/>
+  </image>
+  <image file='sub/empty.jpg'>
+  </image>
+  <image file='b.jpg'>
+    <box top='0' left='0' width='0' height='4'/>
+    <box top='1' left='2' width='30' height='30'>
+{parts}
+    </box>
+  </image>
+</images></dataset>
+"""
+
+
+def dlib_file(tmp_path, text=None):
+    parts = "\n".join(f"<part name='{k:02d}' x='{k}' y='{100 + k}'/>" for k in range(68))
+    path = tmp_path / "faces.xml"
+    path.write_bytes((text or DLIB_XML.format(parts=parts)).encode("latin-1"))
+    return path
+
+
+def test_dlib_xml_reads_boxes_ignore_sizes_and_five_points(tmp_path):
+    path = dlib_file(tmp_path)
+    assert detect_format(path) == "dlib_xml"
+    records = read_annotations(path)
+    assert [r.path for r in records] == [str(tmp_path / n) for n in ("a.jpg", "sub/empty.jpg",
+                                                                     "b.jpg")]
+    np.testing.assert_array_equal(records[0].boxes, [[1, 2, 11, 22], [6, 5, 13, 13]])
+    np.testing.assert_array_equal(records[0].labels, [1, 0])          # ignore='1' -> label 0
+    assert records[0].size == (64, 48) and records[1].size is None
+    assert len(records[1].boxes) == 0
+    np.testing.assert_array_equal(records[2].boxes, [[2, 1, 32, 31]])  # the w = 0 box dropped
+    expected = [[38.5, 138.5], [44.5, 144.5], [30, 130], [48, 148], [54, 154]]
+    np.testing.assert_allclose(records[2].landmarks[0], expected)
+    assert not has_landmarks(records[0]).any()
+    other = read_annotations(path, "dlib_xml", root=tmp_path / "img")
+    assert other[0].path == str(tmp_path / "img" / "a.jpg")
+
+
+@pytest.mark.parametrize("text, line, what", [
+    ("<dataset><images>\n<image file='a.jpg'>\n<box top='1' left='x' width='2' height='2'/>"
+     "</image></images></dataset>", 3, "left='x'.*not a number"),
+    ("<dataset><images>\n<image file='a.jpg'>\n\n<box top='1' width='2' height='2'/>"
+     "</image></images></dataset>", 4, "no 'left' attribute"),
+    ("<dataset><images>\n<box top='1' left='1' width='2' height='2'/></images></dataset>", 2,
+     "outside any <image>"),
+    ("<dataset><images>\n<image file='a.jpg'>\n</images></dataset>", 3, "not well-formed"),
+])
+def test_dlib_xml_bad_file_names_file_and_line(tmp_path, text, line, what):
+    path = dlib_file(tmp_path, text)
+    with pytest.raises(AnnotationError, match=where(path, line) + ".*" + what):
+        read_annotations(path, "dlib_xml")
+
+
+def test_dlib_xml_without_images_is_an_error(tmp_path):
+    path = dlib_file(tmp_path, "<dataset><images></images></dataset>")
+    with pytest.raises(AnnotationError, match="no <image file"):
+        read_annotations(path)
+
+
+def test_real_dlib_faces(shared_data):
+    folder = shared_data / "dlib_faces"
+    records = [r for name in ("training.xml", "testing.xml")
+               for r in read_annotations(folder / name)]
+    assert len(records) == 9 and sum(len(r.boxes) for r in records) == 43
+    assert all(Path(r.path).is_file() and (r.labels == 1).all() for r in records)
+    sides = np.concatenate([r.boxes[:, 2:] - r.boxes[:, :2] for r in records])
+    assert sides.min() == 37 and sides.max() == 109               # tight squares, 37-109 px
+    assert np.abs(sides[:, 0] - sides[:, 1]).max() <= 1
+    marked = read_annotations(folder / "testing_with_face_landmarks.xml")
+    for plain, points in zip(read_annotations(folder / "testing.xml"), marked):
+        np.testing.assert_array_equal(plain.boxes, points.boxes)
+        inside = ((points.landmarks >= points.boxes[:, None, :2] - 10)
+                  & (points.landmarks <= points.boxes[:, None, 2:] + 10))
+        assert inside.all()                     # every 5-point landmark lies on its face box
