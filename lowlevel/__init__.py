@@ -1,0 +1,1 @@
+"""Low-level image processing in front of a detector: the enhancer registry (night mode)."""
