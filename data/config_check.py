@@ -28,7 +28,7 @@ POSITIVE = (
     "NOISE.MEDIAN",
     "AUG.resize_width", "AUG.resize_height", "AUG.expand_max_ratio",
     "LOSS.NEG_POS_RATIOS", "DARKFACE.NUM_VAL",
-    "MODEL.WIDTH", "PSEUDO.BATCH_SIZE",
+    "MODEL.WIDTH", "PSEUDO.BATCH_SIZE", "ZERO_SHOT.TEMPERATURE",
 )
 NON_NEGATIVE = (
     "SOLVER.MAX_STEPS", "SOLVER.WARMUP_LR", "SOLVER.WARMUP_ITERS", "SOLVER.WEIGHT_DECAY",
@@ -39,7 +39,7 @@ NON_NEGATIVE = (
     "NOISE.GAUSS_SIGMA", "AUG.hue_delta", "AUG.contrast_delta", "AUG.saturation_delta",
     "AUG.brightness_delta", "AUG.min_face_size",
     "DETECT.NMS_TOP_K", "DETECT.TOP_K",         # 0 = no cap (YuNet's released test setting)
-    "PSEUDO.WEIGHT", "EMA.TAU", "EMA.REFRESH_AFTER",
+    "PSEUDO.WEIGHT", "EMA.TAU", "EMA.REFRESH_AFTER", "ZERO_SHOT.CONSISTENCY",
 )
 PROBABILITIES = (            # [0, 1]
     "AUG.hue_prob", "AUG.contrast_prob", "AUG.saturation_prob", "AUG.brightness_prob",
@@ -56,6 +56,7 @@ CHOICES = {
     "FACE.VAL_FORMAT": ("auto", "wider", "retinaface", "labelv2", "laboro"),
     "RUN.EVAL_PROTOCOL": ("darkface", "wider", "both"),
     "RUN.EVAL_METRIC": ("val_ap", "val_ap_wider"),
+    "AUG.lowlight_model": ("toy", "camera"),
 }
 LENGTHS = {"AUG.img_mean": 3, "ANCHOR.VARIANCE": 2, "NOISE.BILATERAL": 3}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
