@@ -254,6 +254,18 @@ def default_config() -> EasyDict:
     C.EMA.REFRESH = False               # the EMA teacher's detections replace the fixed labels
     C.EMA.REFRESH_AFTER = 0             # ... from this step on (fixed labels before)
 
+    # ---- ours: darkness in training (docs/NIGHT.md); the camera's parameters: CAMERA.* ----
+    # which simulation AUG.lowlight_prob applies: toy (data/lowlight.py, the earlier default;
+    # outputs as before) | camera (data/camera.py with CAMERA.PRESET and its CAMERA.* ranges)
+    C.AUG.lowlight_model = "toy"
+    # zero-shot day-to-night fine-tuning (adapt/zero_shot.py, configs/zero_shot_night.yaml):
+    # every detection batch is trained as itself plus its camera-model dark copy (same boxes)
+    C.ZERO_SHOT = EasyDict()
+    C.ZERO_SHOT.ENABLE = False
+    C.ZERO_SHOT.CLEAN = True            # False: the dark copies alone carry the detection loss
+    C.ZERO_SHOT.CONSISTENCY = 0.0       # weight of the clean/dark feature consistency; 0 = off
+    C.ZERO_SHOT.TEMPERATURE = 4.0       # of that loss's channel softmax (DAI-Net's T)
+
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
     C.RUN.DEVICE = "auto"               # auto | cpu | cuda | cuda:N
