@@ -254,6 +254,25 @@ def default_config() -> EasyDict:
     C.EMA.REFRESH = False               # the EMA teacher's detections replace the fixed labels
     C.EMA.REFRESH_AFTER = 0             # ... from this step on (fixed labels before)
 
+    # ---- ours: the low-light camera model (data/camera.py, docs/NIGHT.md "Camera model") ----
+    # PRESET: dainet | darkface | eld. Each other key is one camera parameter (same name as in
+    # data/camera.py PRESETS): [] / '' = the preset's draw; [v] fixes it; [lo, hi] is a range
+    # drawn like the preset's (uniform / log-uniform), else uniform; a full spec is a list such
+    # as ['loguniform', lo, hi], ['truncnormal', mu, sd, lo, hi], ['choice', a, b, ...] or
+    # ['loglinear', 'system_gain', slope, bias, sigma].
+    C.CAMERA = EasyDict()
+    C.CAMERA.PRESET = "darkface"
+    for _name in ("gamma", "red_gain", "blue_gain", "rgb_gain",          # unprocessing
+                  "exposure",                                            # darkness (linear)
+                  "white_level", "system_gain", "read_noise", "tukey_lambda", "row_noise",
+                  "black_level_error", "bits", "digital_gain",           # sensor, DN units
+                  "invert_tone", "apply_tone", "safe_invert", "clip_linear", "mosaic",
+                  "clip_raw", "quantize_output"):                        # switches: [0] / [1]
+        C.CAMERA[_name] = []
+    C.CAMERA.ccm = ""                   # identity | choice (one of 4) | mix (convex mix of 4)
+    C.CAMERA.shot_dist = ""             # poisson | gaussian (same variance)
+    C.CAMERA.read_dist = ""             # gaussian | tukey (Tukey-lambda, shape tukey_lambda)
+
     # ---- ours: darkness in training (docs/NIGHT.md); the camera's parameters: CAMERA.* ----
     # which simulation AUG.lowlight_prob applies: toy (data/lowlight.py, the earlier default;
     # outputs as before) | camera (data/camera.py with CAMERA.PRESET and its CAMERA.* ranges)
