@@ -45,6 +45,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from adapt.zero_shot import build_zero_shot
 from data.darkface import drop_held_out, held_out_ids
 from data.detection_datasets import build_train_dataset
 from data.files import resolve_path
@@ -91,6 +92,7 @@ def relaunch_per_gpu(argv: list[str]) -> int:
 
 def run_name(cfg) -> str:
     base = "vgg_det" if cfg.MODEL.NAME == "dsfd_vgg" else cfg.MODEL.NAME
+    base += "_zero_shot" if cfg.ZERO_SHOT.ENABLE else ""
     return tagged_run_name(cfg, base, cfg.TRAIN_WEIGHT)
 
 
@@ -384,6 +386,7 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
     if resume is not None:
         engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))
     student = build_student(cfg, trainer.net, resume, rank, world, pin)
+    zero_shot = build_zero_shot(cfg, student.spec)          # None unless ZERO_SHOT.ENABLE
     criterion = build_criterion(cfg)
     validate = build_validation(cfg, trainer, device)
     weight_of = loss_weights(trainer, cfg)           # detection terms: 1
@@ -408,6 +411,9 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
                 # the pseudo-labelled target batch, or None (with EMA.REFRESH the teacher's
                 # pass counts as data time)
                 pl = student.batch(progress.step, rank, device, memory_format)
+                if zero_shot is not None:     # + camera-model dark copies, same boxes (CPU)
+                    images, targets, n_clean = zero_shot.views(images, targets, progress.step,
+                                                               rank)
                 data_time = time.perf_counter() - t_data
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 targets = [t.to(device, non_blocking=True) for t in targets]
@@ -416,10 +422,12 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
                     # the target batch through the detector itself: DDP's gradient hooks sit on
                     # the parameters, so the one backward below reduces both passes
                     pl_out = trainer.net(pl.images) if pl is not None else None
+                    zs_losses = zero_shot.losses(trainer.net, images, n_clean) \
+                        if zero_shot is not None else {}
                 if pl_out is not None:        # this pass ran outside the trainer: its BN
                     average_batchnorm_statistics(trainer.net)     # statistics, as the others'
                 loss_dict = {**criterion(out, targets, tuple(images.shape[-2:])), **ssl_losses,
-                             **pseudo_losses(criterion, pl_out, pl)}
+                             **pseudo_losses(criterion, pl_out, pl), **zs_losses}
                 loss = sum(weight_of(k) * v for k, v in loss_dict.items())
                 stopping = engine.check_loss(progress.step + 1, loss, loss_dict, device, stop)
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from data.lowlight import simulate_low_light
+from data.lowlight_model import CameraSpec, camera_low_light
 
 # Step 3, PyramidBox data-anchor-sampling: the anchor sizes a face is matched to, the cap on the
 # resized image area, 50 window trials (valid if a face is inside or IoU > 0.7) and the five
@@ -91,10 +92,12 @@ def lowlight_rng(rng: np.random.Generator) -> np.random.Generator:
         return np.random.default_rng(int(rng.integers(2 ** 63)))
 
 
-def maybe_low_light(img, prob: float, rng: np.random.Generator):
+def maybe_low_light(img, prob: float, rng: np.random.Generator,
+                    camera: CameraSpec | None = None):
     """With probability ``prob``, the simulated low-light copy of ``img`` (PIL RGB image or
     HxWx3 uint8 array; returned as the same type) by :func:`data.lowlight.simulate_low_light`
-    with its default ranges; the boxes stay valid (same size, same geometry). The decision and
+    with its default ranges, or by the camera model ``camera`` (``AUG.lowlight_model=camera``,
+    data/lowlight_model.py); the boxes stay valid (same size, same geometry). The decision and
     the simulation draw from :func:`lowlight_rng`, never from ``rng``; ``prob <= 0`` draws
     nothing."""
     if prob <= 0:
@@ -102,7 +105,9 @@ def maybe_low_light(img, prob: float, rng: np.random.Generator):
     child = lowlight_rng(rng)
     if child.random() >= prob:
         return img
-    dark = simulate_low_light(np.ascontiguousarray(np.asarray(img)), child)
+    arr = np.ascontiguousarray(np.asarray(img))
+    dark = simulate_low_light(arr, child) if camera is None else camera_low_light(arr, camera,
+                                                                                  child)
     return Image.fromarray(dark) if isinstance(img, Image.Image) else dark
 
 
@@ -452,7 +457,7 @@ def _as_arrays(boxes, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_preprocess(img: Image.Image, boxes: np.ndarray, labels: np.ndarray, aug,
-                     rng: np.random.Generator):
+                     rng: np.random.Generator, camera: CameraSpec | None = None):
     """The reference's training ``preprocess`` (steps 1-6 of the module docstring).
 
     Args:
@@ -461,13 +466,14 @@ def train_preprocess(img: Image.Image, boxes: np.ndarray, labels: np.ndarray, au
         labels: ``[n]``.
         aug: the ``cfg.AUG`` section.
         rng: the only source of randomness.
+        camera: the camera model of step 0 (None: data/lowlight.py's).
 
     Returns:
         ``(image float32 [3, resize_height, resize_width], boxes float32 [m, 4], labels [m])``;
         ``m`` may be 0 (the caller then draws another image, as the reference does).
     """
     boxes, labels = _as_arrays(boxes, labels)
-    img = maybe_low_light(img, float(getattr(aug, "lowlight_prob", 0.0)), rng)
+    img = maybe_low_light(img, float(getattr(aug, "lowlight_prob", 0.0)), rng, camera)
     if aug.apply_distort:
         img = distort_image(img, aug, rng)
     if aug.apply_expand:

@@ -35,16 +35,19 @@ def _is_wider_list(cfg, list_file) -> bool:
 
 
 def _wider_detection(cfg, list_file, root, seed, records=None):
+    from data.lowlight_model import camera_spec
     from data.widerface import Record, WIDERDetection
+    camera = camera_spec(cfg)                       # AUG.lowlight_model (None: the toy model)
     if records is None and not cfg.FACE.IMAGE_ROOT and _is_wider_list(cfg, list_file):
         # the reference's list format: its own parser, exactly as the reference trains
-        return WIDERDetection(str(list_file), cfg.AUG, root=root, train=True, seed=seed)
+        return WIDERDetection(str(list_file), cfg.AUG, root=root, train=True, seed=seed,
+                              camera=camera)
     if records is None:
         records = read_training_records(cfg, list_file, root)
     converted = [Record(r.path, np.asarray(r.boxes, np.float64), np.asarray(r.labels, np.int64))
                  for r in records if len(r.boxes)]
     return WIDERDetection(str(list_file), cfg.AUG, root=root, train=True, seed=seed,
-                          records=converted)
+                          records=converted, camera=camera)
 
 
 def _yunet(cfg, list_file, root, seed, records=None):

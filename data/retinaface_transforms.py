@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from data.augmentations import maybe_low_light
+from data.lowlight_model import camera_spec
 from data.samplers import MAX_DRAWS, KeyedDataset
 
 logger = logging.getLogger(__name__)
@@ -184,14 +185,16 @@ def resize_subtract_mean(image: np.ndarray, size: int, mean: Sequence[float],
 
 def preproc(image: np.ndarray, faces: Faces, img_dim: int, mean: Sequence[float],
             rng: np.random.Generator, scales: Sequence[float] = CROP_SCALES,
-            min_face: float = 0.0, lowlight_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+            min_face: float = 0.0, lowlight_prob: float = 0.0,
+            camera=None) -> tuple[np.ndarray, np.ndarray]:
     """Steps 0-5: BGR uint8 ``[H, W, 3]`` + faces (at least one) -> ``(image [3, S, S] float32,
     target [m, 15] float32)``, target rows ``x1, y1, x2, y2, label, 5 x (x, y)`` normalised by
     the (cropped or padded) image size, landmarks -1 for faces without them."""
     if len(faces.boxes) == 0:
         raise ValueError("preproc needs at least one face (the reference asserts it)")
-    # maybe_low_light simulates on RGB
-    image = np.ascontiguousarray(maybe_low_light(image[..., ::-1], lowlight_prob, rng)[..., ::-1])
+    # maybe_low_light simulates on RGB; camera: AUG.lowlight_model's (None: the toy model)
+    image = np.ascontiguousarray(maybe_low_light(image[..., ::-1], lowlight_prob, rng,
+                                                 camera)[..., ::-1])
     h, w = image.shape[:2]
     image, faces, pad = square_crop(image, faces, img_dim, draw_crop_trials(rng, w, h, scales),
                                     min_face)
@@ -228,7 +231,7 @@ class RetinaFaceDataset(KeyedDataset):
 
     def __init__(self, records, image_size: int = 640, mean: Sequence[float] = (104, 117, 123),
                  seed: int = 0, scales: Sequence[float] = CROP_SCALES, min_face: float = 0.0,
-                 lowlight_prob: float = 0.0):
+                 lowlight_prob: float = 0.0, camera=None):
         records = list(records)
         self.records = [r for r in records if len(r.boxes)]
         if len(self.records) < len(records):
@@ -241,6 +244,7 @@ class RetinaFaceDataset(KeyedDataset):
         self.scales = tuple(scales)
         self.min_face = float(min_face)
         self.lowlight_prob = float(lowlight_prob)
+        self.camera = camera
         self.epoch = 0
 
     def __getitem__(self, key):
@@ -256,7 +260,8 @@ class RetinaFaceDataset(KeyedDataset):
                 index = int(rng.integers(len(self)))
                 continue
             image, target = preproc(image, record_faces(record), self.image_size, self.mean, rng,
-                                    self.scales, self.min_face, self.lowlight_prob)
+                                    self.scales, self.min_face, self.lowlight_prob,
+                                    self.camera)
             return torch.from_numpy(image), torch.from_numpy(target), skipped
         raise RuntimeError(f"no readable image after {MAX_DRAWS} draws ({skipped} unreadable); "
                            "check the image paths")
@@ -271,4 +276,4 @@ def build_retinaface_dataset(cfg, list_file, root=None, seed: int = 0,
         records = read_training_records(cfg, list_file, root)
     r = cfg.RETINAFACE
     return RetinaFaceDataset(records, r.IMAGE_SIZE, cfg.AUG.img_mean, seed, r.CROP_SCALES,
-                             r.MIN_FACE_PX, cfg.AUG.lowlight_prob)
+                             r.MIN_FACE_PX, cfg.AUG.lowlight_prob, camera_spec(cfg))

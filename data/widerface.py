@@ -125,9 +125,10 @@ class WIDERDetection(KeyedDataset):
     """
 
     def __init__(self, list_file: str | Path, aug, root: str | Path = ".", train: bool = True,
-                 seed: int = 0, records: list | None = None):
+                 seed: int = 0, records: list | None = None, camera=None):
         self.list_file = str(list_file)
         self.aug = aug
+        self.camera = camera                 # AUG.lowlight_model's camera (None: the toy model)
         self.train = train
         self.seed = int(seed)
         self.epoch = 0
@@ -153,7 +154,8 @@ class WIDERDetection(KeyedDataset):
             width, height = img.size
             boxes = record.boxes / np.array([width, height, width, height], dtype=np.float64)
             if self.train:
-                image, boxes, labels = train_preprocess(img, boxes, record.labels, self.aug, rng)
+                image, boxes, labels = train_preprocess(img, boxes, record.labels, self.aug, rng,
+                                                        self.camera)
                 if len(boxes) == 0:           # no face survived: the reference draws again
                     index = int(rng.integers(len(self)))
                     continue

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from data.augmentations import maybe_low_light
+from data.lowlight_model import camera_spec
 from data.samplers import MAX_DRAWS, KeyedDataset
 
 logger = logging.getLogger(__name__)
@@ -136,17 +137,18 @@ def read_bgr(path: str) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
-def low_light_bgr(img: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
+def low_light_bgr(img: np.ndarray, prob: float, rng: np.random.Generator,
+                  camera=None) -> np.ndarray:
     """:func:`data.augmentations.maybe_low_light` on a BGR uint8 image (it simulates RGB)."""
-    return np.ascontiguousarray(maybe_low_light(img[..., ::-1], prob, rng)[..., ::-1])
+    return np.ascontiguousarray(maybe_low_light(img[..., ::-1], prob, rng, camera)[..., ::-1])
 
 
 def yunet_sample(img: np.ndarray, boxes: np.ndarray, points: np.ndarray, labels: np.ndarray,
                  crop_choice: Sequence[float], size: int, flip_ratio: float,
-                 rng: np.random.Generator, lowlight_prob: float = 0.0):
+                 rng: np.random.Generator, lowlight_prob: float = 0.0, camera=None):
     """The whole pipeline on a BGR uint8 image -> ``(image [3, S, S] float32, target [m, 15])``
-    or None when the crop finds no face."""
-    img = low_light_bgr(img, lowlight_prob, rng)
+    or None when the crop finds no face (``camera``: AUG.lowlight_model's, None = the toy)."""
+    img = low_light_bgr(img, lowlight_prob, rng, camera)
     cropped = random_square_crop(img.astype(np.float32), boxes, points, crop_choice, rng)
     if cropped is None:
         return None
@@ -173,13 +175,15 @@ class YuNetTrainDataset(KeyedDataset):
     """
 
     def __init__(self, records: list, crop_choice: Sequence[float], size: int = 640,
-                 flip_ratio: float = 0.5, seed: int = 0, lowlight_prob: float = 0.0):
+                 flip_ratio: float = 0.5, seed: int = 0, lowlight_prob: float = 0.0,
+                 camera=None):
         self.records = [r for r in records if len(r.boxes)]
         if not self.records:
             raise ValueError("no annotation record with a face to train on")
         self.crop_choice = [float(c) for c in crop_choice]
         self.size, self.flip_ratio, self.seed = int(size), float(flip_ratio), int(seed)
         self.lowlight_prob = float(lowlight_prob)
+        self.camera = camera                 # AUG.lowlight_model's camera (None: the toy model)
         self.epoch = 0
 
     def __getitem__(self, key):
@@ -197,7 +201,7 @@ class YuNetTrainDataset(KeyedDataset):
             sample = yunet_sample(img, np.asarray(record.boxes, np.float64),
                                   np.asarray(record.landmarks, np.float64),
                                   np.asarray(record.labels), self.crop_choice, self.size,
-                                  self.flip_ratio, rng, self.lowlight_prob)
+                                  self.flip_ratio, rng, self.lowlight_prob, self.camera)
             if sample is None:
                 index = int(rng.integers(len(self)))
                 continue
@@ -211,10 +215,10 @@ def build_yunet_dataset(cfg, list_file: str | Path, root, seed: int,
                         records=None) -> YuNetTrainDataset:
     """The training dataset of ``yunet_n`` / ``yunet_s`` (``data/detection_datasets.py``):
     ``records`` (FaceRecords), or those of ``list_file`` read as FACE.SRC_FORMAT; the YUNET
-    section's augmentation, AUG.lowlight_prob's simulated low light."""
+    section's augmentation, AUG.lowlight_prob's simulated low light (AUG.lowlight_model)."""
     if records is None:
         from data.detection_datasets import read_training_records
         records = read_training_records(cfg, list_file, root)
     y = cfg.YUNET
     return YuNetTrainDataset(records, y.CROP_CHOICE, y.INPUT_SIZE, y.FLIP_RATIO, seed,
-                             cfg.AUG.lowlight_prob)
+                             cfg.AUG.lowlight_prob, camera_spec(cfg))

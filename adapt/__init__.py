@@ -1,0 +1,1 @@
+"""Adaptation methods that train a detector for the night (docs/ARCHITECTURE.md: adapt/)."""
