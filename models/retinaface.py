@@ -290,10 +290,13 @@ ONNX_OUTPUTS = ("loc", "conf", "landms")
 
 
 def export_retinaface_onnx(net: nn.Module, path: str | Path, opset: int = 17,
-                           example_size: tuple[int, int] = (96, 128)) -> Path:
+                           example_size: tuple[int, int] = (96, 128),
+                           dynamic: bool = True) -> Path:
     """Export with dynamic batch, height and width; input ``image`` ``[N, 3, H, W]`` (BGR minus
     the mean), outputs ``loc [N, P, 4]``, ``conf [N, P, 2]`` (softmax) and ``landms [N, P, 10]``.
-    The TorchScript exporter is used: the torch.export one specialises the upsampling sizes."""
+    The TorchScript exporter is used: the torch.export one specialises the upsampling sizes.
+    ``dynamic=False``: every size fixed at ``example_size`` (H, W) and batch 1 (the input of
+    ``models.onnx_deploy.opencv_graph``)."""
     import warnings
     path = Path(path)
     was_training = net.training
@@ -306,7 +309,8 @@ def export_retinaface_onnx(net: nn.Module, path: str | Path, opset: int = 17,
             torch.onnx.export(_TestPhase(net), (example,), str(path), dynamo=False,
                               input_names=["image"], output_names=list(ONNX_OUTPUTS),
                               dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            **{name: anchors for name in ONNX_OUTPUTS}},
+                                            **{name: anchors for name in ONNX_OUTPUTS}}
+                              if dynamic else None,
                               opset_version=opset)
     finally:
         net.train(was_training)
