@@ -5,6 +5,7 @@ Used by test.py, the tools, the benchmarks, the demo and the export check.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -59,10 +60,45 @@ def load_net(cfg, weights: str | Path, key: str = "--weights") -> tuple[nn.Modul
 
 
 def build_face_detector(cfg, weights: str | Path, device: torch.device,
-                        key: str = "--weights") -> "FaceDetector":
+                        key: str = "--weights", fold_bn: bool = False) -> "FaceDetector":
     """A ready :class:`FaceDetector` for ``cfg.MODEL.NAME`` with ``weights``."""
     net, _ = load_net(cfg, weights, key)
-    return FaceDetector.from_config(net, cfg, device)
+    return FaceDetector.from_config(net, cfg, device, fold_bn)
+
+
+def fold_batchnorm(net: nn.Module, probe_size: int = 128) -> nn.Module:
+    """An eval-mode copy of ``net`` in which every ``BatchNorm2d`` that reads the output of the
+    ``Conv2d`` run just before it is folded into that convolution (and becomes an identity).
+
+    The pairs are found by running the copy once on zeros (``[1, 3, probe_size, probe_size]``)
+    with hooks, so any detector's layout works (YuNet's named attributes, RetinaFace's
+    ``Sequential`` blocks); a module that runs more than once is left alone. The folded network
+    computes the same function up to float rounding; ``net`` is not changed."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    net = copy.deepcopy(net).eval()
+    calls: list[tuple[nn.Module, Tensor, Tensor]] = []
+    kinds = (nn.Conv2d, nn.BatchNorm2d)
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0], o)))
+             for m in net.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, probe_size, probe_size,
+                            device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    runs: dict[int, int] = {}
+    for m, _, _ in calls:
+        runs[id(m)] = runs.get(id(m), 0) + 1
+    parents = {id(child): (parent, name) for parent in net.modules()
+               for name, child in parent.named_children()}
+    for (conv, _, out), (bn, bn_in, _) in zip(calls, calls[1:]):
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn_in is out
+                and runs[id(conv)] == runs[id(bn)] == 1):
+            for module, fused in ((conv, fuse_conv_bn_eval(conv, bn)), (bn, nn.Identity())):
+                parent, name = parents[id(module)]
+                setattr(parent, name, fused)
+    return net
 
 
 class FaceDetector:
@@ -76,8 +112,10 @@ class FaceDetector:
 
     def __init__(self, net: nn.Module, input_spec: InputSpec, postprocess: Callable,
                  device: torch.device, amp: str = "none", channels_last: bool = False,
-                 num_landmarks: int = 0):
-        self.net = net.eval().to(device)
+                 num_landmarks: int = 0, fold_bn: bool = False):
+        # fold_bn: run a copy with BatchNorm folded into the convolutions (same maths up to
+        # float rounding; utils/precision.py's fast paths); ``net`` itself is left as it is
+        self.net = (fold_batchnorm(net) if fold_bn else net).eval().to(device)
         self.device, self.amp = device, amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
@@ -86,10 +124,11 @@ class FaceDetector:
         self.num_landmarks = num_landmarks
 
     @classmethod
-    def from_config(cls, net: nn.Module, cfg, device: torch.device) -> "FaceDetector":
+    def from_config(cls, net: nn.Module, cfg, device: torch.device, fold_bn: bool = False
+                    ) -> "FaceDetector":
         entry = get_entry(cfg.MODEL.NAME)
         return cls(net, entry.input_spec(cfg), entry.postprocess(cfg), device, cfg.RUN.AMP,
-                   cfg.RUN.CHANNELS_LAST, entry.num_landmarks)
+                   cfg.RUN.CHANNELS_LAST, entry.num_landmarks, fold_bn)
 
     def to_input(self, images: np.ndarray | Tensor) -> Tensor:
         """[N, H, W, 3] uint8 RGB -> the network's [N, 3, H', W'] float32 input."""
