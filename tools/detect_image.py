@@ -1,7 +1,12 @@
 """Draw a detector's faces (and landmarks, for detectors that have them) on one image.
 
     python tools/detect_image.py --weights W --image IMG [--out IMG_det.png] [--threshold 0.5]
-        [--mode single|multi] [--scale S] [--enhance] [KEY.SUB=VALUE ...]
+        [--mode single|multi] [--scale S] [--enhance [NAME]] [--el-weights W]
+        [--model NAME] [--precision auto|fp32|bf16] [--config PRESET] [KEY.SUB=VALUE ...]
+
+The one-image form of ``tools/detect.py`` (folders, videos, batches, prediction files).
+A bare ``--enhance`` is E(L) as before (weights: ``--el-weights`` or ENHANCE.WEIGHTS); any name
+of ``lowlevel/enhancers.py`` works too. ``--weights`` may be an ONNX export (``*.onnx``).
 """
 from __future__ import annotations
 
@@ -13,35 +18,60 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
+from data.config_check import validate  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
-from models.enhancement import enhance_uint8, load_enhancer  # noqa: E402
+from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
 from models.inference import build_face_detector  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
+from utils.precision import (add_precision_argument, apply_precision, family_of,  # noqa: E402
+                             resolve_precision)
 from utils.visualize import draw_detections  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True, help="checkpoint, or an ONNX export (*.onnx)")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: <image>_det.png")
     p.add_argument("--threshold", type=float, default=0.5, help="draw boxes above this score")
     p.add_argument("--mode", choices=["single", "multi"], default="single")
     p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--enhance", action="store_true", help="brighten with E(L) first "
-                                                          "(ENHANCE.WEIGHTS) and draw on it")
+    p.add_argument("--model", default=None, help="MODEL.NAME (default: the checkpoint's)")
+    add_enhance_argument(p, default="none", const="el")
+    add_precision_argument(p)
+    p.add_argument("--config", action="append", default=[], metavar="PRESET")
     p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE")
-    args = p.parse_args(argv)
-    cfg = config_lib.load_config(overrides=args.opts)
+    return p.parse_args(argv)
+
+
+def load_detector(args, cfg, device):
+    """A FaceDetector in the resolved ``--precision``, or an OnnxRunner for ``*.onnx``."""
+    if str(args.weights).lower().endswith(".onnx"):
+        from models.onnx_runner import onnx_runner
+        return onnx_runner(args.weights, cfg)
+    precision = apply_precision(cfg, resolve_precision(args.precision, device,
+                                                       family_of(cfg.MODEL.NAME)),
+                                args.precision)
+    return build_face_detector(cfg, args.weights, device, fold_bn=precision.fold_bn)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = ([f"MODEL.NAME={args.model!r}"] if args.model else []) + list(args.opts)
+    cfg = config_lib.load_config(args.config, overrides)
+    validate(cfg)
     device = dist.pick_device(cfg.RUN.DEVICE)
     rgb = read_rgb(args.image)
-    if args.enhance:
-        rgb = enhance_uint8(load_enhancer(cfg.ENHANCE.WEIGHTS, device), rgb)
-    detector = build_face_detector(cfg, args.weights, device)
+    if args.enhance != "none":
+        el_weights = args.el_weights or (cfg.ENHANCE.WEIGHTS if args.enhance == "el" else None)
+        enhance = build_enhancer(args.enhance, el_weights, device)
+        rgb = np.ascontiguousarray(enhance(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
+    detector = load_detector(args, cfg, device)
     # landmarks (YuNet, RetinaFace) are drawn in single mode; voting does not vote them
     tester = TestTimeDetector(detector, vote=args.mode == "multi", dummy_rows=False,
                               landmarks=args.mode == "single" and detector.num_landmarks > 0)
