@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
 from data.predictions import Outputs, list_images  # noqa: E402
+from utils.precision import add_precision_argument  # noqa: E402
 
 ENHANCERS = ("el", "gamma", "clahe", "lime")
 PEER_REQUIREMENTS = "pip install --no-deps -r requirements-peers.txt"
@@ -165,19 +166,25 @@ def _enhancement(kind: str | None, enhancer: str | Path | None, device):
 def ours_detector(name: str, weights: str | Path, score: float, nms: float,
                   enhance: str | None = None, enhancer: str | Path | None = None,
                   label: str | None = None, device: str | torch.device = "cpu",
-                  overrides: Sequence[str] = (), spec: str = "") -> Detector:
-    """A checkpoint of ours (optionally behind an enhancement) as a :class:`Detector`."""
-    from models.inference import build_face_detector
+                  overrides: Sequence[str] = (), spec: str = "",
+                  precision: str = "auto") -> Detector:
+    """A checkpoint of ours (optionally behind an enhancement) as a :class:`Detector`;
+    ``precision``: ``--precision`` (utils/precision.py)."""
+    from models.inference import FaceDetector, load_net
+    from utils.precision import apply_precision, family_of, resolve_precision
     device = torch.device(device)
     cfg = _config(name, score, nms, overrides)
-    fd = build_face_detector(cfg, weights, device, key=f"--detector {spec or name}")
+    resolved = apply_precision(cfg, resolve_precision(precision, device,
+                                                      family_of(cfg.MODEL.NAME)), precision)
+    net, _ = load_net(cfg, weights, key=f"--detector {spec or name}")
+    fd = FaceDetector.from_config(net, cfg, device, fold_bn=resolved.fold_bn)
     brighten, el_net = _enhancement(enhance, enhancer, device)
 
     def run(rgb: np.ndarray) -> np.ndarray:
         x = brighten(rgb) if brighten is not None else rgb
         return _pixels(fd(x[None])[0], rgb.shape[:2])
 
-    params = sum(p.numel() for p in fd.net.parameters())
+    params = sum(p.numel() for p in net.parameters())         # as trained (BN not folded)
     probe = torch.zeros(1, FLOPS_SIZE, FLOPS_SIZE, 3, dtype=torch.uint8)
     flops = torch_flops(fd.net, fd.to_input(probe))
     if el_net is not None:                 # E(L) runs on every input: count it with the net
@@ -186,7 +193,8 @@ def ours_detector(name: str, weights: str | Path, score: float, nms: float,
     default = f"{cfg.MODEL.NAME}:{Path(weights).stem}" + (f"+{enhance}" if enhance else "")
     settings = {"model": cfg.MODEL.NAME, "width": cfg.MODEL.get("WIDTH"),
                 "score_thresh": cfg.DETECT.CONF_THRESH, "nms_thresh": cfg.DETECT.NMS_THRESH,
-                "enhance": enhance or "none", "weights": str(weights)}
+                "enhance": enhance or "none", "weights": str(weights),
+                "precision": resolved.name}
     if enhance in ("gamma", "clahe", "lime"):
         settings["note"] = f"{enhance} enhancement not in the FLOPs"
     threads = f"torch {torch.get_num_threads()}" if device.type == "cpu" else str(device)
@@ -329,7 +337,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
 
 def build_detector(spec: str, score: float, nms: float, enhancer: str | Path | None = None,
                    device: str = "cpu", threads: int | None = None,
-                   overrides: Sequence[str] = ()) -> Detector:
+                   overrides: Sequence[str] = (), precision: str = "auto") -> Detector:
     """A :class:`Detector` from a ``--detector`` spec (see the module doc)."""
     kind, pos, opts = parse_spec(spec)
     bad = set(opts) - ({"enhance", "label"} if kind == "ours" else {"label"})
@@ -341,7 +349,7 @@ def build_detector(spec: str, score: float, nms: float, enhancer: str | Path | N
     label = opts.get("label")
     if kind == "ours":
         return ours_detector(pos[0], pos[1], score, nms, opts.get("enhance"), enhancer, label,
-                             device, overrides, spec)
+                             device, overrides, spec, precision)
     if kind == "onnx":
         return onnx_detector(pos[0], pos[1], score, nms, label, threads, overrides, spec)
     return peer_detector(pos[0], score, nms, label, threads, spec)
@@ -636,6 +644,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="for ours (onnx and peers: CPU)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch and onnxruntime threads (0: torch's current count)")
+    add_precision_argument(p)
     p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides (ours, onnx)")
     return p.parse_args(argv)
 
@@ -659,7 +668,7 @@ def main(argv=None) -> int:
         try:
             detectors.append(build_detector(spec, args.score_thresh, args.nms_thresh,
                                             args.enhancer, args.device, args.threads or None,
-                                            args.opts))
+                                            args.opts, args.precision))
         except PeerMissing as exc:
             print(exc)
             skipped.append({"spec": spec, "reason": str(exc)})
