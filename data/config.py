@@ -284,6 +284,9 @@ def default_config() -> EasyDict:
     C.ZERO_SHOT.CLEAN = True            # False: the dark copies alone carry the detection loss
     C.ZERO_SHOT.CONSISTENCY = 0.0       # weight of the clean/dark feature consistency; 0 = off
     C.ZERO_SHOT.TEMPERATURE = 4.0       # of that loss's channel softmax (DAI-Net's T)
+    # tools/train_enhancer.py: True replaces every training image by a camera-model night copy
+    # (CAMERA.*), drawn anew per (RUN.SEED, epoch, image); False trains on the images as they are
+    C.ENHANCE.TRAIN_CAMERA = False
 
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
