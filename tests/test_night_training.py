@@ -99,3 +99,22 @@ def test_bad_lowlight_model_names_the_key():
         validate(cfg)
     with pytest.raises(ValueError, match="AUG.lowlight_model"):
         camera_spec(cfg)
+
+
+def test_enhancer_trains_on_camera_night_copies(tmp_path):
+    """ENHANCE.TRAIN_CAMERA: tools/train_enhancer.py's images become camera-model night copies,
+    the same for the same (seed, epoch, image), new ones every epoch; off, the images as read."""
+    from PIL import Image
+
+    from tools import train_enhancer
+    rgb = np.random.default_rng(3).integers(60, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    cfg = small_config("dsfd_vgg")
+    cfg.ENHANCE.TRAIN_DIR, cfg.ENHANCE.SIZE, cfg.RUN.NUM_WORKERS = str(tmp_path), 32, 0
+    plain = train_enhancer.build_loader(cfg, torch.device("cpu"))[0].dataset
+    cfg.ENHANCE.TRAIN_CAMERA = True
+    night = train_enhancer.build_loader(cfg, torch.device("cpu"))[0].dataset
+    assert plain.camera is None and night.camera == CameraSpec("darkface", ())
+    clean, dark = plain[(0, 0)], night[(0, 0)]
+    assert dark.shape == clean.shape and dark.mean() < 0.15 * clean.mean()
+    assert torch.equal(dark, night[(0, 0)]) and not torch.equal(dark, night[(1, 0)])

@@ -9,6 +9,11 @@ ENHANCE.SIZE squared (PIL Lanczos) and scaled to [0, 1], no other augmentation; 
 ENHANCE.BATCH_SIZE 8, ENHANCE.EPOCHS 200 with the rate multiplied by ENHANCE.LR_DECAY 0.95 after
 each epoch; loss 200 TV + 1 spatial + 5 colour + 10 exposure (towards 0.55).
 
+ENHANCE.TRAIN_CAMERA=True (ours) trains on night copies instead: after the resize, every image is
+replaced by its camera-model copy (data/camera.py with CAMERA.PRESET and the CAMERA.* ranges),
+seeded by (RUN.SEED, epoch, image index), so each epoch sees new darkness and noise and a resumed
+run the same ones. Point ENHANCE.TRAIN_DIR at daylight photos (docs/LOW_LEVEL.md).
+
 Runs go to ``RUN.OUTPUT_DIR/<RUN.NAME or "enhancer">/``, a run folder of the engine
 (``utils/engine.py``) like train.py's: ``config.yaml``, ``log.txt``, ``metrics.jsonl``,
 TensorBoard, a checkpoint ``ckpt_<step>.pth`` at the end of every epoch, every RUN.CKPT_EVERY
@@ -35,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from data.files import resolve_path  # noqa: E402
 from data.image_folder import UNREADABLE, list_image_files, load_rgb  # noqa: E402
+from data.lowlight_model import camera_spec, darken_tensor  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
 from layers.enhance_losses import EnhanceLoss  # noqa: E402
 from models.enhancement import EnhanceNet, init_weights  # noqa: E402
@@ -61,20 +67,25 @@ class TrainImages(Dataset):
     [3, size, size] float in [0, 1]; ``None`` for an unreadable file. Keys are
     ``(epoch, index)`` from :class:`ResumableSampler`."""
 
-    def __init__(self, paths: list[Path], size: int):
+    def __init__(self, paths: list[Path], size: int, camera=None, seed: int = 0):
         self.paths, self.size = paths, size
+        self.camera, self.seed = camera, seed     # ENHANCE.TRAIN_CAMERA: night copies
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
-        _, index = key
+        epoch, index = key
         try:
             im = load_rgb(self.paths[index]).resize((self.size, self.size), Image.LANCZOS)
         except UNREADABLE as exc:
             log.warning("skipping unreadable image %s: %s", self.paths[index], exc)
             return None
-        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255.0)
+        if self.camera is None:
+            return x
+        seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint64)[0]
+        return darken_tensor(x[None], self.camera, [int(seed) & (2 ** 62 - 1)])[0]
 
 
 def collate_images(samples):
@@ -87,7 +98,8 @@ def build_loader(cfg, device: torch.device):
     if not paths:
         raise FileNotFoundError(f"no images in {cfg.ENHANCE.TRAIN_DIR} (set by config key "
                                 f"ENHANCE.TRAIN_DIR)")
-    dataset = TrainImages(paths, cfg.ENHANCE.SIZE)
+    camera = camera_spec(cfg, force=True) if cfg.ENHANCE.TRAIN_CAMERA else None
+    dataset = TrainImages(paths, cfg.ENHANCE.SIZE, camera, cfg.RUN.SEED)
     sampler = ResumableSampler(len(dataset), cfg.ENHANCE.BATCH_SIZE, shuffle=True,
                                seed=cfg.RUN.SEED)
     loader = DataLoader(dataset, batch_size=cfg.ENHANCE.BATCH_SIZE, sampler=sampler,
