@@ -1,13 +1,19 @@
 """Detect faces in a folder or list of images and write one txt per image.
 
     python test.py --weights W --images DIR_OR_LIST --output DIR
-                   [--mode multi|single] [--scale S] [--no-enhance] [--format darkface|wider]
+                   [--mode multi|single] [--scale S] [--no-enhance | --enhance NAME]
+                   [--format darkface|wider]
 
 The reference's protocol (docs/EVALUATION.md): each image is brightened by the illumination
-enhancer E(L) (``--enhancer``, default ENHANCE.WEIGHTS; ``--no-enhance`` skips it) and quantised
-to uint8, then detected either with the multi-scale plan (``--mode multi``, the default: scale
-1, flipped 1, shrink, enlarge and pyramid passes with their size filters, box voting at IoU 0.3,
-top 750) or at one scale (``--mode single --scale S``; the reference's ablation uses 2).
+enhancer E(L) (``--enhancer``/``--el-weights``, default ENHANCE.WEIGHTS; ``--no-enhance`` skips
+it) and quantised to uint8, then detected either with the multi-scale plan (``--mode multi``,
+the default: scale 1, flipped 1, shrink, enlarge and pyramid passes with their size filters,
+box voting at IoU 0.3, top 750) or at one scale (``--mode single --scale S``; the reference's
+ablation uses 2).
+
+Night mode: ``--enhance NAME`` replaces that step by any enhancer of
+``lowlevel/enhancers.py`` (``none``, ``auto``: decided per image, ``gamma``, ``clahe``, ...);
+without it the default stays E(L) (``--enhance el``), or none with ``--no-enhance``.
 
 Output: ``--format darkface`` (default) writes ``<image stem>.txt`` with one line
 ``x1 y1 x2 y2 score`` per detection in original-image pixels (the DARK FACE submission format;
@@ -15,6 +21,10 @@ an image without detections gets an empty file). ``--format wider`` writes
 ``<event>/<image stem>.txt`` with the image name, the count and ``x y w h score`` lines (the
 WIDER FACE layout; the event is the image's folder name). Images whose output exists are
 skipped unless ``--overwrite``, so an interrupted run resumes.
+
+``--precision auto|fp32|bf16`` (``utils/precision.py``): ``auto`` runs the exact fp32 path on a
+CPU (the reference protocol) and bf16 + channels_last on a GPU with bf16; ``fp32`` everywhere
+is the reference.
 
 ``--weights`` takes our training checkpoints (their config decides the network and its width),
 the reference's plain state dicts (``Face-Detector.pth``, ``dsfd_vgg_0.880.pth``,
@@ -38,10 +48,12 @@ from data import config as config_lib
 from data.config_check import validate
 from data.loaders import identity_collate
 from data.predictions import ImageFiles, Outputs, list_images
+from lowlevel.enhancers import add_enhance_argument, build_enhancer
 from models.enhancement import enhance_uint8, load_enhancer
 from models.inference import build_face_detector
 from models.test_time import Pass, TestTimeDetector, reference_passes
 from utils import dist
+from utils.precision import add_precision_argument, apply_precision, family_of, resolve_precision
 
 log = logging.getLogger("test")
 
@@ -57,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="single mode: resize factor before detection; multi mode: the scale "
                         "of the first two passes (the reference's MY_SHRINK)")
     p.add_argument("--no-enhance", action="store_true", help="detect on the images as they are")
-    p.add_argument("--enhancer", default=None, help="E(L) weights (default: ENHANCE.WEIGHTS)")
+    add_enhance_argument(p, default=None, el_aliases=("--enhancer",))
     p.add_argument("--format", choices=["darkface", "wider"], default="darkface")
     p.add_argument("--landmarks", action="store_true",
                    help="detectors with landmarks (YuNet, RetinaFace): append the 5 points "
@@ -71,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="root of relative paths in a list file (default: FACE.DATA_ROOT)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    add_precision_argument(p)
     p.add_argument("--config", action="append", default=[], metavar="PRESET")
     p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
     return p.parse_args(argv)
@@ -84,16 +97,17 @@ def main(argv=None) -> int:
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
     device = dist.pick_device(cfg.RUN.DEVICE)
-    detector = build_face_detector(cfg, args.weights, device)
+    # the evaluation protocol: auto keeps the exact fp32 path on a CPU (utils/precision.py)
+    precision = apply_precision(cfg, resolve_precision(args.precision, device,
+                                                       family_of(cfg.MODEL.NAME),
+                                                       reference=True), args.precision)
+    log.info("precision %s (%s)", precision.name, precision.reason)
+    detector = build_face_detector(cfg, args.weights, device, fold_bn=precision.fold_bn)
     if args.landmarks and (detector.num_landmarks == 0 or args.mode != "single"):
         raise ValueError(f"--landmarks needs --mode single and a detector with landmarks "
                          f"(MODEL.NAME={cfg.MODEL.NAME} has {detector.num_landmarks}; mode "
                          f"{args.mode})")
-    enhancer = None
-    if not args.no_enhance:
-        enhancer = load_enhancer(args.enhancer or cfg.ENHANCE.WEIGHTS, device,
-                                 key="--enhancer" if args.enhancer else
-                                 "ENHANCE.WEIGHTS (or give --no-enhance)")
+    enhancer = batch_enhancer(args, cfg, device)
     tester = TestTimeDetector(detector, vote=args.mode == "multi",
                               dummy_rows=args.mode == "multi" and not args.no_dummy,
                               iou_thresh=0.3, top_k=cfg.DETECT.TOP_K,
@@ -112,6 +126,31 @@ def main(argv=None) -> int:
     return 0
 
 
+def enhance_name(args) -> str:
+    """``--enhance``, or today's default: E(L), none with ``--no-enhance``."""
+    if args.enhance is None:
+        return "none" if args.no_enhance else "el"
+    if args.no_enhance and args.enhance != "none":
+        raise ValueError(f"--no-enhance contradicts --enhance {args.enhance}")
+    return args.enhance
+
+
+def batch_enhancer(args, cfg, device):
+    """``fn(list of RGB uint8 images) -> list`` for the chosen enhancer, or None for none. E(L)
+    runs the batch in one forward pass, as before night mode; the others run per image."""
+    name = enhance_name(args)
+    if name == "none":
+        return None
+    if name == "el":
+        net = load_enhancer(args.el_weights or cfg.ENHANCE.WEIGHTS, device,
+                            key="--enhancer/--el-weights" if args.el_weights else
+                            "ENHANCE.WEIGHTS (or give --no-enhance)")
+        return lambda images: list(enhance_uint8(net, np.stack(images)))
+    fn = build_enhancer(name, args.el_weights, device)
+    return lambda images: [np.ascontiguousarray(fn(np.ascontiguousarray(im[..., ::-1]))[..., ::-1])
+                           for im in images]
+
+
 def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs, args) -> int:
     """Detect and write, batching consecutive images of the same size; returns the failures."""
     loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=identity_collate,
@@ -122,7 +161,7 @@ def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs,
     def flush():
         images = [img for _, img in pending]
         if enhancer is not None:
-            images = list(enhance_uint8(enhancer, np.stack(images)))
+            images = enhancer(images)
         h, w = images[0].shape[:2]
         plan = (reference_passes(h, w, args.scale) if args.mode == "multi"
                 else [Pass(args.scale)])
