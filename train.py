@@ -66,6 +66,7 @@ from utils import dist, engine
 from utils.checkpoint import init_detector
 from utils.logger import setup_logging
 from utils.schedule import ReferenceSchedule
+from utils.precision import add_precision_argument, apply_precision, resolve_precision
 
 log = logging.getLogger("train")
 
@@ -74,6 +75,7 @@ def parse_args(argv=None):
     p = engine.run_arguments(__doc__)
     p.add_argument("--multigpu", action="store_true",
                    help="start one DDP process per visible GPU (same as torchrun)")
+    add_precision_argument(p)
     return p.parse_args(argv)
 
 
@@ -340,6 +342,12 @@ def main(argv=None) -> int:
         if engine.nothing_to_do(cfg.SOLVER.MAX_STEPS, "SOLVER.MAX_STEPS"):
             return 0
         device = dist.pick_device(cfg.RUN.DEVICE)
+        # --precision onto RUN.AMP / RUN.CHANNELS_LAST: auto is bf16 + channels_last on a GPU
+        # with bf16, the reference fp32 on a CPU; keys set in the config win over auto
+        precision = apply_precision(cfg, resolve_precision(args.precision, device, "train",
+                                                           reference=True), args.precision)
+        logging.info("precision: RUN.AMP=%s RUN.CHANNELS_LAST=%s (%s)", cfg.RUN.AMP,
+                     cfg.RUN.CHANNELS_LAST, precision.reason)
         dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
         return train(cfg, resume, run_dir, device, args.overwrite)
     except engine.RunError as exc:
