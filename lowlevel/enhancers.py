@@ -148,7 +148,7 @@ def _guided_self(bgr: np.ndarray, sigma: float, radius: int = 2) -> np.ndarray:
     k = (2 * radius + 1, 2 * radius + 1)
     mean = cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)
     var = cv2.boxFilter(x * x, -1, k, borderType=cv2.BORDER_REFLECT) - mean * mean
-    a = var / (var + (2.0 * sigma) ** 2)
+    a = var / (var + max(2.0 * sigma, 0.5) ** 2)
     b = mean - a * mean
     q = cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT) * x \
         + cv2.boxFilter(b, -1, k, borderType=cv2.BORDER_REFLECT)

@@ -19,6 +19,7 @@ from models.factory import build_net, get_entry
 from utils.checkpoint import detector_state_dict, load_file
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Enhance = Callable[[np.ndarray], np.ndarray]       # HxWx3 uint8 BGR -> the same
 
 
 def autocast(device: torch.device, amp: str):
@@ -60,10 +61,12 @@ def load_net(cfg, weights: str | Path, key: str = "--weights") -> tuple[nn.Modul
 
 
 def build_face_detector(cfg, weights: str | Path, device: torch.device,
-                        key: str = "--weights", fold_bn: bool = False) -> "FaceDetector":
-    """A ready :class:`FaceDetector` for ``cfg.MODEL.NAME`` with ``weights``."""
+                        key: str = "--weights", fold_bn: bool = False,
+                        enhance: Enhance | None = None) -> "FaceDetector":
+    """A ready :class:`FaceDetector` for ``cfg.MODEL.NAME`` with ``weights`` (``fold_bn``,
+    ``enhance``: see the class)."""
     net, _ = load_net(cfg, weights, key)
-    return FaceDetector.from_config(net, cfg, device, fold_bn)
+    return FaceDetector.from_config(net, cfg, device, fold_bn, enhance)
 
 
 def fold_batchnorm(net: nn.Module, probe_size: int = 128) -> nn.Module:
@@ -108,11 +111,16 @@ class FaceDetector:
     ``postprocess(out, input_size)`` decodes and runs NMS. Detections are ``[k, 5 + 2L]``
     (``x1, y1, x2, y2, score`` and ``L`` landmarks) normalised by the *image* size (padding
     removed), on the CPU.
+
+    ``enhance`` (night mode; default None: the images as given) is applied to each image
+    before detection by :meth:`__call__`: an HxWx3 uint8 BGR -> BGR function such as
+    ``lowlevel.enhancers.build_enhancer("auto")`` (a function, not a name: models/ does not
+    import lowlevel/).
     """
 
     def __init__(self, net: nn.Module, input_spec: InputSpec, postprocess: Callable,
                  device: torch.device, amp: str = "none", channels_last: bool = False,
-                 num_landmarks: int = 0, fold_bn: bool = False):
+                 num_landmarks: int = 0, fold_bn: bool = False, enhance: Enhance | None = None):
         # fold_bn: run a copy with BatchNorm folded into the convolutions (same maths up to
         # float rounding; utils/precision.py's fast paths); ``net`` itself is left as it is
         self.net = (fold_batchnorm(net) if fold_bn else net).eval().to(device)
@@ -122,13 +130,14 @@ class FaceDetector:
         self.input_spec = input_spec
         self._postprocess = postprocess
         self.num_landmarks = num_landmarks
+        self.enhance = enhance
 
     @classmethod
-    def from_config(cls, net: nn.Module, cfg, device: torch.device, fold_bn: bool = False
-                    ) -> "FaceDetector":
+    def from_config(cls, net: nn.Module, cfg, device: torch.device, fold_bn: bool = False,
+                    enhance: Enhance | None = None) -> "FaceDetector":
         entry = get_entry(cfg.MODEL.NAME)
         return cls(net, entry.input_spec(cfg), entry.postprocess(cfg), device, cfg.RUN.AMP,
-                   cfg.RUN.CHANNELS_LAST, entry.num_landmarks, fold_bn)
+                   cfg.RUN.CHANNELS_LAST, entry.num_landmarks, fold_bn, enhance)
 
     def to_input(self, images: np.ndarray | Tensor) -> Tensor:
         """[N, H, W, 3] uint8 RGB -> the network's [N, 3, H', W'] float32 input."""
@@ -144,8 +153,16 @@ class FaceDetector:
     def postprocess(self, out, image_size) -> list[Tensor]:
         return self._postprocess(out, image_size)
 
+    def enhanced(self, images: np.ndarray | Tensor) -> np.ndarray:
+        """``[N, H, W, 3]`` uint8 RGB, each image through :attr:`enhance` (in BGR)."""
+        arr = images.cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+        out = [self.enhance(np.ascontiguousarray(im[..., ::-1]))[..., ::-1] for im in arr]
+        return np.ascontiguousarray(np.stack(out))
+
     def __call__(self, images: np.ndarray | Tensor) -> list[Tensor]:
         """Normalised detections per image, on the CPU (see the class doc)."""
+        if self.enhance is not None:
+            images = self.enhanced(images)
         h, w = images.shape[1:3]
         x = self.to_input(images)
         ih, iw = x.shape[-2:]

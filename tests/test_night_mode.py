@@ -1,0 +1,130 @@
+"""Night mode (lowlevel/enhancers.py): the auto rule on synthetic bright, dark and noisy images,
+every registered enhancer's contract, the E(L) flag error, and FaceDetector(enhance=...)."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from lowlevel import enhancers as E
+
+
+def _scene(h=96, w=128, seed=0) -> np.ndarray:
+    """A smooth, textured daylight-like BGR scene (mean luma ~ 120)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 120 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    img = np.stack([base * 0.9, base, base * 1.1], -1) + rng.normal(0, 1.0, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _dark(img: np.ndarray, gain: float, noise: float, seed=1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = img.astype(np.float64) * gain + rng.normal(0, noise, img.shape)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _mean_luma(img):
+    return float(E.luma(img).mean())
+
+
+def test_auto_returns_bright_images_unchanged():
+    auto = E.build_enhancer("auto")
+    for seed in range(3):
+        img = _scene(seed=seed)
+        before = img.copy()
+        out = auto(img)
+        assert out is img and np.array_equal(out, before)     # the same array, not a copy
+        assert E.decide(img)[0].passthrough
+    rng = np.random.default_rng(5)
+    noisy_bright = rng.integers(60, 256, (64, 80, 3), dtype=np.uint8)    # noisy but bright
+    assert auto(noisy_bright) is noisy_bright
+
+
+def test_auto_brightens_dark_images():
+    auto = E.build_enhancer("auto")
+    dark = _dark(_scene(), 0.08, 0.0)
+    out = auto(dark)
+    assert _mean_luma(dark) < 15
+    assert _mean_luma(out) > _mean_luma(dark) + 10
+    assert not E.decide(dark)[0].passthrough
+
+
+def test_auto_denoises_dark_noisy_images():
+    auto = E.build_enhancer("auto")
+    clean_dark = _dark(_scene(), 0.08, 0.0)
+    noisy = _dark(_scene(), 0.08, 3.0)
+    d, bright = E.decide(noisy)
+    assert d.denoise and not E.decide(clean_dark)[0].denoise
+    out = auto(noisy)
+    # the noise left after auto is below that of the same brightening without denoising
+    assert E.estimate_noise(E.luma(out)) < 0.7 * E.estimate_noise(E.luma(bright))
+    assert _mean_luma(out) > _mean_luma(noisy) + 10
+
+
+def test_noise_estimate_follows_the_added_noise():
+    flat = np.full((128, 128), 100, np.uint8)
+    rng = np.random.default_rng(0)
+    assert E.estimate_noise(flat) == 0.0
+    for sigma in (2.0, 5.0, 10.0):
+        noisy = np.clip(100 + rng.normal(0, sigma, flat.shape), 0, 255).round().astype(np.uint8)
+        assert E.estimate_noise(noisy) == pytest.approx(sigma, rel=0.2)
+
+
+@pytest.mark.parametrize("name", [n for n in E.ENHANCE_CHOICES if n != "el"])
+def test_every_choice_keeps_shape_and_dtype(name):
+    fn = E.build_enhancer(name)
+    for img in (_scene(48, 64), _dark(_scene(48, 64), 0.05, 2.0)):
+        out = fn(img)
+        assert out.shape == img.shape and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        fn(np.zeros((8, 8), np.uint8))
+
+
+def test_el_needs_weights_and_runs_with_them(tmp_path):
+    with pytest.raises(ValueError, match="--el-weights"):
+        E.build_enhancer("el")
+    from models.enhancement import EnhanceNet
+    torch.manual_seed(0)
+    torch.save(EnhanceNet().state_dict(), tmp_path / "el.pth")
+    out = E.build_enhancer("el", tmp_path / "el.pth")(_dark(_scene(32, 40), 0.1, 1.0))
+    assert out.shape == (32, 40, 3) and out.dtype == np.uint8
+
+
+def test_unknown_name_and_the_shared_flags():
+    with pytest.raises(ValueError, match="not one of"):
+        E.build_enhancer("sharpen")
+    p = argparse.ArgumentParser()
+    E.add_enhance_argument(p, const="el", el_aliases=("--enhancer",))
+    assert p.parse_args([]).enhance == "none"
+    assert p.parse_args(["--enhance"]).enhance == "el"
+    args = p.parse_args(["--enhance", "auto", "--enhancer", "w.pth"])
+    assert (args.enhance, args.el_weights) == ("auto", "w.pth")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--enhance", "sharpen"])
+
+
+def test_face_detector_with_enhance():
+    from data.config import load_config
+    from models.inference import FaceDetector
+    from models.yunet import YuNet
+    cfg = load_config(overrides=["MODEL.NAME='yunet_n'"])
+    torch.manual_seed(0)
+    net = YuNet("yunet_n").eval()
+    seen = []
+
+    def spy(bgr):
+        seen.append(bgr.copy())
+        return E.build_enhancer("auto")(bgr)
+
+    rgb = _dark(_scene(64, 96), 0.08, 2.0)[None]
+    plain = FaceDetector.from_config(net, cfg, torch.device("cpu"))
+    night = FaceDetector.from_config(net, cfg, torch.device("cpu"), enhance=spy)
+    a, b = plain(rgb), night(rgb)
+    assert len(seen) == 1 and np.array_equal(seen[0], rgb[0][..., ::-1])    # BGR in
+    bright = E.build_enhancer("auto")(np.ascontiguousarray(rgb[0][..., ::-1]))[..., ::-1]
+    torch.testing.assert_close(b[0], plain(np.ascontiguousarray(bright)[None])[0])
+    assert a[0].shape[1] == b[0].shape[1]
+    ident = FaceDetector.from_config(net, cfg, torch.device("cpu"),
+                                     enhance=E.build_enhancer("none"))
+    torch.testing.assert_close(ident(rgb)[0], a[0])
