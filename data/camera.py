@@ -23,8 +23,10 @@ parameter drawn per image from the preset's sampling table):
    ``2 ** bits`` levels (``bits = 0``: none) and multiplied by ``digital_gain``. The variance of
    the noisy value at mean ``x`` (full scale 1) is ``shot * x + read`` with
    ``shot = system_gain / white_level`` and ``read = (read std / white_level) ** 2``.
-3. **Process**: bilinear demosaic (when mosaicked), white balance ``[red_gain, 1, blue_gain]``,
-   the inverse colour matrix, gamma ``x ** (1 / gamma)`` (values below 1e-8 lifted to 1e-8), the
+3. **Process**: bilinear demosaic (when mosaicked), white balance ``[red_gain, 1, blue_gain]``
+   (times a grey-world correction of strength ``awb``), the inverse colour matrix, a black point
+   ``black_offset`` (in sensor DN) subtracted from every channel (the ISP's shadow crush that
+   makes half of a night frame exactly 0), gamma ``x ** (1 / gamma)`` (values below 1e-8 lifted to 1e-8), the
    tone curve (``apply_tone``), and 8-bit quantisation with clipping (``quantize_output``).
 
 Presets (:data:`PRESETS`; each entry a fixed value or a sampling spec, see :func:`draw_params`):
@@ -76,14 +78,18 @@ XYZ2CAMS = torch.tensor([[[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469]
 
 # Parameters drawn per image, in drawing order (a 'loglinear' spec may only refer to an
 # earlier one). Switches and choices are the same for the whole batch.
-NUMERIC = ("gamma", "red_gain", "blue_gain", "rgb_gain", "exposure", "white_level",
+NUMERIC = ("gamma", "red_gain", "blue_gain", "rgb_gain", "light_red", "light_blue", "exposure",
+           "white_level",
            "system_gain", "read_noise", "tukey_lambda", "row_noise", "black_level_error",
-           "bits", "digital_gain")
+           "black_offset", "bits", "digital_gain", "awb")
 SWITCHES = ("invert_tone", "apply_tone", "safe_invert", "clip_linear", "mosaic", "clip_raw",
             "quantize_output")
 CHOICES = {"ccm": ("identity", "choice", "mix"), "shot_dist": ("poisson", "gaussian"),
            "read_dist": ("gaussian", "tukey")}
 PARAM_NAMES = NUMERIC + SWITCHES + tuple(CHOICES)
+# What a preset that does not name a parameter gets.
+DEFAULTS = dict({n: 0.0 for n in NUMERIC + SWITCHES}, light_red=1.0, light_blue=1.0,
+                digital_gain=1.0, quantize_output=1.0)
 SPEC_KINDS = {"uniform": 2, "loguniform": 2, "invuniform": 2, "normal": 2, "truncnormal": 4,
               "choice": None, "loglinear": 4}
 
@@ -108,10 +114,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip_raw": 0.0, "bits": 0.0, "digital_gain": 1.0, "quantize_output": 1.0,
     },
     "darkface": dict(_BROOKS, **{
-        "exposure": ("loguniform", 0.004, 0.012), "white_level": 4095.0, "bits": 12.0,
-        "system_gain": ("loguniform", 1.0, 4.0), "shot_dist": "poisson",
-        "read_dist": "gaussian", "read_noise": ("loglinear", "system_gain", 0.5, 1.2, 0.2),
-        "tukey_lambda": 0.0, "row_noise": ("loglinear", "system_gain", 0.5, -1.0, 0.2),
+        # calibrated on daylight photos by bench/calibrate_darkface.py (docs/NIGHT.md)
+        "mosaic": 1.0, "exposure": ("loguniform", 0.08, 0.16), "white_level": 4095.0,
+        "bits": 12.0, "system_gain": ("loguniform", 5.0, 12.0), "shot_dist": "poisson",
+        "read_dist": "gaussian", "read_noise": ("loglinear", "system_gain", 0.5, 1.5, 0.15),
+        "tukey_lambda": 0.0, "row_noise": ("loglinear", "system_gain", 0.5, -0.8, 0.15),
+        "black_offset": ("uniform", 55.0, 95.0), "light_red": ("uniform", 0.65, 0.85),
+        "light_blue": ("uniform", 0.8, 1.0),
     }),
     "eld": dict(_BROOKS, **{
         # Sony A7S2, ELD's released calibration: saturation 16383 - 800 DN, K in DN/electron.
@@ -196,7 +205,7 @@ def resolve(preset: str = "darkface", overrides: Mapping[str, Any] | None = None
                           f"known: {', '.join(PARAM_NAMES)}")
     table = {}
     for name in PARAM_NAMES:
-        spec = PRESETS[preset].get(name, 0.0 if name in NUMERIC + SWITCHES else None)
+        spec = PRESETS[preset].get(name, DEFAULTS.get(name))
         if name in overrides:
             spec = _override_spec(name, overrides[name], spec)
         earlier = NUMERIC[:NUMERIC.index(name)] if name in NUMERIC else ()
@@ -206,14 +215,17 @@ def resolve(preset: str = "darkface", overrides: Mapping[str, Any] | None = None
 
 
 def _check_fixed_values(table: Mapping[str, Any]) -> None:
-    positive = ("gamma", "red_gain", "blue_gain", "white_level", "exposure")
+    positive = ("gamma", "red_gain", "blue_gain", "white_level", "exposure", "light_red",
+                "light_blue")
     for name in positive:
         if _is_number(table[name]) and not table[name] > 0:
             raise CameraError(f"camera parameter {name!r}={table[name]!r} must be > 0")
+    if _is_number(table["awb"]) and not 0 <= table["awb"] <= 1:
+        raise CameraError(f"camera parameter 'awb'={table['awb']!r} must lie in [0, 1]")
     bits = table["bits"]
     if _is_number(bits) and (bits != int(bits) or not 0 <= bits <= 24):
         raise CameraError(f"camera parameter 'bits'={bits!r} must be an integer in [0, 24]")
-    for name in ("system_gain", "read_noise", "row_noise", "black_level_error"):
+    for name in ("system_gain", "read_noise", "row_noise", "black_level_error", "black_offset"):
         if _is_number(table[name]) and table[name] < 0:
             raise CameraError(f"camera parameter {name!r}={table[name]!r} must be >= 0")
 
@@ -306,19 +318,40 @@ def _wb_gains(p: Mapping[str, Any]) -> torch.Tensor:
     return torch.cat([p["red_gain"], torch.ones_like(p["red_gain"]), p["blue_gain"]], 1)
 
 
-def unprocess(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
-    """sRGB ``[B, 3, H, W]`` in [0, 1] -> linear camera RGB before white balance."""
+def _decode(x: torch.Tensor, p: Mapping[str, Any], gamma: torch.Tensor) -> torch.Tensor:
+    """Inverse tone curve and inverse gamma of display values."""
     if p["invert_tone"]:
         x = 0.5 - torch.sin(torch.asin(1.0 - 2.0 * x.clamp(0.0, 1.0)) / 3.0)
-    x = x.clamp_min(1e-8) ** p["gamma"]
-    x = _apply_ccm(x, p["rgb2cam"])
+    return x.clamp_min(1e-8).pow_(gamma)
+
+
+def to_linear(x: torch.Tensor, p: Mapping[str, Any],
+              levels: torch.Tensor | None = None) -> torch.Tensor:
+    """Display values ``[B, 3, H, W]`` -> linear light. ``levels`` (the images as 0-255 integer
+    tensors) turns the curve into a 256-entry table per image: the same values, faster."""
+    if levels is None:
+        return _decode(x, p, p["gamma"])
+    table = torch.arange(256, dtype=x.dtype).div_(255.0).expand(len(x), 256)      # [B, 256]
+    table = _decode(table.contiguous(), p, p["gamma"].view(-1, 1))
+    return torch.stack([torch.take(table[b], levels[b].long()) for b in range(len(x))])
+
+
+def unprocess(x: torch.Tensor, p: Mapping[str, Any],
+              levels: torch.Tensor | None = None) -> torch.Tensor:
+    """sRGB ``[B, 3, H, W]`` in [0, 1] -> linear camera RGB before white balance, lit by the
+    night light's colour (``light_red`` / ``light_blue``)."""
+    lin = to_linear(x, p, levels)
     gains = p["rgb_gain"] / _wb_gains(p)                                   # [B, 3, 1, 1]
+    light = torch.cat([p["light_red"], torch.ones_like(p["light_red"]), p["light_blue"]], 1)
+    ccm = p["rgb2cam"].to(x.dtype)
+    x = _apply_ccm(lin, ccm * (gains * light).view(-1, 3, 1))            # diag(g) @ rgb2cam
     if p["safe_invert"]:
-        gray = x.mean(1, keepdim=True)
-        mask = ((gray - 0.9).clamp_min(0.0) / 0.1) ** 2
-        gains = torch.maximum(mask + (1.0 - mask) * gains, gains)
-    x = x * gains
-    return x.clamp(0.0, 1.0) if p["clip_linear"] else x
+        gray = torch.einsum("bk,bkhw->bhw", ccm.mean(1), lin).unsqueeze(1)     # [B, 1, H, W]
+        if bool((gray > 0.9).any()):        # fade the gains to 1 above grey 0.9 (highlights)
+            mask = ((gray - 0.9).clamp_min(0.0) / 0.1) ** 2
+            safe = torch.maximum(mask + (1.0 - mask) * gains, gains)
+            x = x * (safe / gains)
+    return x.clamp_(0.0, 1.0) if p["clip_linear"] else x
 
 
 def _bayer_masks(h: int, w: int, dtype, device) -> torch.Tensor:
@@ -334,17 +367,26 @@ def mosaic(x: torch.Tensor) -> torch.Tensor:
     return (x * _bayer_masks(*x.shape[-2:], x.dtype, x.device)).sum(1, keepdim=True)
 
 
+def _smooth(planes: torch.Tensor, cross: bool) -> torch.Tensor:
+    """Sum of each pixel's 3x3 neighbourhood weighted [[1,2,1],[2,4,2],[1,2,1]] (or, with
+    ``cross``, [[0,1,0],[1,4,1],[0,1,0]]) on a reflect-padded copy (reflection keeps the
+    RGGB parity, so every output has weights 4 from known samples)."""
+    pad = torch.nn.functional.pad(planes, (1, 1, 1, 1), mode="reflect")
+    if cross:
+        c = pad[..., 1:-1, 1:-1]
+        return (c * 4.0).add_(pad[..., :-2, 1:-1]).add_(pad[..., 2:, 1:-1]) \
+            .add_(pad[..., 1:-1, :-2]).add_(pad[..., 1:-1, 2:])
+    rows = (pad[..., 1:-1, :] * 2.0).add_(pad[..., :-2, :]).add_(pad[..., 2:, :])
+    return (rows[..., 1:-1] * 2.0).add_(rows[..., :-2]).add_(rows[..., 2:])
+
+
 def demosaic(raw: torch.Tensor) -> torch.Tensor:
-    """Bilinear demosaic of an RGGB plane ``[B, 1, H, W]`` -> ``[B, 3, H, W]``: each missing
-    value is the mean of its nearest same-colour neighbours (normalised at the borders)."""
-    masks = _bayer_masks(*raw.shape[-2:], raw.dtype, raw.device)           # [1, 3, H, W]
-    k_rb = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
-    k_g = torch.tensor([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]])
-    kernel = torch.stack([k_rb, k_g, k_rb]).unsqueeze(1).to(raw)           # [3, 1, 3, 3]
-    planes = raw * masks                                                   # [B, 3, H, W]
-    num = torch.nn.functional.conv2d(planes, kernel, padding=1, groups=3)
-    den = torch.nn.functional.conv2d(masks, kernel, padding=1, groups=3)
-    return num / den
+    """Bilinear demosaic of an RGGB plane ``[B, 1, H, W]`` -> ``[B, 3, H, W]`` (H, W >= 2): each
+    missing value is the mean of its nearest same-colour neighbours, known values kept."""
+    planes = raw * _bayer_masks(*raw.shape[-2:], raw.dtype, raw.device)    # [B, 3, H, W]
+    red_blue = _smooth(planes[:, 0::2], cross=False)                       # R and B planes
+    green = _smooth(planes[:, 1:2], cross=True)
+    return torch.cat([red_blue[:, :1], green, red_blue[:, 1:]], 1).mul_(0.25)
 
 
 def _tukey_lambda(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -360,59 +402,69 @@ def _image_noise(s: torch.Tensor, p: Mapping[str, Any], i: int,
     k, read, row = (float(p[n][i]) for n in ("system_gain", "read_noise", "row_noise"))
     gaussian_shot = p["shot_dist"] == "gaussian" or k == 0.0
     if not gaussian_shot:
-        s = torch.poisson((s / k).clamp_min(0.0), generator=g) * k
+        s = torch.poisson(s.div_(k).clamp_(min=0.0), generator=g).mul_(k)
     if gaussian_shot and p["read_dist"] == "gaussian":   # one draw: variance k*s + read^2
-        var = (k * s + read * read).clamp_min(1e-8 if k or read else 0.0)
-        s = s + var.sqrt() * torch.randn(s.shape, generator=g, dtype=s.dtype)
+        if k or read:
+            std = (s * k).add_(read * read).clamp_(min=1e-8).sqrt_()
+            s = s.add_(std.mul_(torch.randn(s.shape, generator=g, dtype=s.dtype)))
     elif p["read_dist"] == "gaussian":
-        s = s + read * torch.randn(s.shape, generator=g, dtype=s.dtype)
+        if read:
+            s = s.add_(torch.randn(s.shape, generator=g, dtype=s.dtype).mul_(read))
     else:
         if gaussian_shot and k:
-            s = s + (k * s).clamp_min(0.0).sqrt() * torch.randn(s.shape, generator=g,
-                                                                 dtype=s.dtype)
-        u = torch.rand(s.shape, generator=g, dtype=s.dtype).clamp(1e-7, 1 - 1e-7)
-        s = s + read * _tukey_lambda(u, p["tukey_lambda"][i].view(1, 1, 1).to(s.dtype))
+            std = (s * k).clamp_(min=0.0).sqrt_()
+            s = s.add_(std.mul_(torch.randn(s.shape, generator=g, dtype=s.dtype)))
+        u = torch.rand(s.shape, generator=g, dtype=s.dtype).clamp_(1e-7, 1 - 1e-7)
+        s = s.add_(_tukey_lambda(u, p["tukey_lambda"][i].view(1, 1, 1).to(s.dtype)).mul_(read))
     if row:
-        s = s + row * torch.randn((1, s.shape[1], 1), generator=g, dtype=s.dtype)
+        s = s.add_(torch.randn((1, s.shape[1], 1), generator=g, dtype=s.dtype).mul_(row))
     return s
+
+
+def _image_sensor(x: torch.Tensor, p: Mapping[str, Any], i: int,
+                  g: torch.Generator) -> torch.Tensor:
+    """:func:`sensor` for image ``i`` (``[C, H, W]``)."""
+    white = float(p["white_level"][i])
+    s = _image_noise(x * (float(p["exposure"][i]) * white), p, i, g)   # DN
+    if float(p["black_level_error"][i]) > 0:
+        u = torch.rand(x.shape[0], generator=g, dtype=x.dtype).view(-1, 1, 1)
+        s = s.add_(u.mul_(2.0).sub_(1.0).mul_(float(p["black_level_error"][i])))
+    s = s.div_(white)
+    if p["clip_raw"]:
+        s = s.clamp_(0.0, 1.0)
+    bits = float(p["bits"][i])
+    if bits > 0:
+        levels = 2.0 ** bits - 1.0
+        s = s.mul_(levels).round_().div_(levels)
+    gain = float(p["digital_gain"][i])
+    return s.mul_(gain) if gain != 1.0 else s
 
 
 def sensor(x: torch.Tensor, p: Mapping[str, Any],
            generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Linear raw (full scale 1) ``[B, C, H, W]`` -> what the ADC reads, times the digital
-    gain, full scale 1. Image ``i``'s noise comes from ``generators[i]``."""
-    white = p["white_level"]
-    signal = x * (p["exposure"] * white)                                   # DN
-    out = torch.stack([_image_noise(signal[i], p, i, g) for i, g in enumerate(generators)])
-    if torch.any(p["black_level_error"] > 0):
-        u = torch.stack([torch.rand(x.shape[1], generator=g, dtype=x.dtype) for g in generators])
-        out = out + (2.0 * u.view(*u.shape, 1, 1) - 1.0) * p["black_level_error"]
-    out = out / white
-    if p["clip_raw"]:
-        out = out.clamp(0.0, 1.0)
-    out = quantize(out, p["bits"])
-    return out * p["digital_gain"]
-
-
-def quantize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Round to ``2 ** bits`` levels over [0, 1] per image (``bits`` ``[B, 1, 1, 1]``; 0 = off)."""
-    if not torch.any(bits > 0):
-        return x
-    levels = 2.0 ** bits - 1.0
-    return torch.where(bits > 0, torch.round(x * levels) / levels.clamp_min(1.0), x)
+    """Linear raw (full scale 1) ``[B, C, H, W]`` -> what the ADC reads (quantised to
+    ``2 ** bits`` levels over [0, 1]), times the digital gain. Image ``i``'s noise comes from
+    ``generators[i]``."""
+    return torch.stack([_image_sensor(x[i], p, i, g) for i, g in enumerate(generators)])
 
 
 def process(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
     """Linear camera RGB ``[B, 3, H, W]`` -> display values (8-bit levels when
-    ``quantize_output``)."""
-    x = x * _wb_gains(p)
-    x = _apply_ccm(x, torch.linalg.inv(p["rgb2cam"]))
-    x = x.clamp_min(1e-8) ** (1.0 / p["gamma"])
+    ``quantize_output``). White balance: the daylight gains, times a grey-world correction of
+    strength ``awb`` (0: none, 1: equal channel means) computed on this raw image."""
+    wb = _wb_gains(p).view(-1, 3)                                          # [B, 3]
+    if torch.any(p["awb"] > 0):
+        means = x.mean((2, 3)).clamp_min(1e-12) * wb                       # [B, 3]
+        wb = wb * (means[:, 1:2] / means) ** p["awb"].view(-1, 1)
+    x = _apply_ccm(x, torch.linalg.inv(p["rgb2cam"]) * wb.view(-1, 1, 3))  # inv(ccm) @ diag(wb)
+    if torch.any(p["black_offset"] != 0):
+        x = x.sub_(p["black_offset"] / p["white_level"])
+    x = x.clamp_min_(1e-8).pow_(1.0 / p["gamma"])
     if p["apply_tone"]:
-        x = x.clamp(0.0, 1.0)
+        x = x.clamp_(0.0, 1.0)
         x = x * x * (3.0 - 2.0 * x)
     if p["quantize_output"]:
-        x = torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+        x = x.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
     return x
 
 
@@ -429,7 +481,8 @@ def darken(images: torch.Tensor, preset: str = "darkface",
            generator: torch.Generator | None = None, overrides: Mapping[str, Any] | None = None,
            seeds: Sequence[int] | None = None) -> torch.Tensor:
     """Night copies of ``images`` (float RGB in [0, 1], ``[B, 3, H, W]`` or ``[3, H, W]``): same
-    shape and dtype, values in [0, 1] on 8-bit levels (unless ``quantize_output = 0``).
+    shape and dtype, values in [0, 1] on 8-bit levels (unless ``quantize_output = 0``). uint8
+    images (0-255) are accepted too, and come back as uint8: the fast path for loaders.
 
     ``overrides`` maps parameter names to a fixed value, a (lo, hi) range or a spec (see
     :func:`resolve`). Image ``i`` draws everything from ``torch.Generator().manual_seed(seeds[i])``;
@@ -440,24 +493,29 @@ def darken(images: torch.Tensor, preset: str = "darkface",
     x = images.unsqueeze(0) if single else images
     if x.dim() != 4 or x.shape[1] != 3:
         raise CameraError(f"darken expects [B, 3, H, W] or [3, H, W] RGB, got {tuple(images.shape)}")
+    if x.device.type != "cpu":
+        raise CameraError("darken runs on the CPU (torch generators); move the batch to cpu")
     table = resolve(preset, overrides)
     seeds = list(seeds) if seeds is not None else image_seeds(len(x), generator)
     if len(seeds) != len(x):
         raise CameraError(f"darken got {len(seeds)} seeds for {len(x)} images")
-    if x.device.type != "cpu":
-        raise CameraError("darken runs on the CPU (torch generators); move the batch to cpu")
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     p = stack_params([draw_params(table, g) for g in gens], dtype=work)
-    out = simulate(x.to(work), p, gens)
-    out = out.to(images.dtype)
+    levels = x if x.dtype == torch.uint8 else None
+    out = simulate(x.to(work).div_(255.0) if levels is not None else x.to(work), p, gens, levels)
+    if levels is not None:
+        out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    else:
+        out = out.to(images.dtype)
     return out[0] if single else out
 
 
-def simulate(x: torch.Tensor, p: Mapping[str, Any],
-             generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """The whole camera for drawn parameters ``p`` (from :func:`stack_params`)."""
-    lin = unprocess(x, p)
+def simulate(x: torch.Tensor, p: Mapping[str, Any], generators: Sequence[torch.Generator],
+             levels: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole camera for drawn parameters ``p`` (from :func:`stack_params`); ``levels``: the
+    images as 0-255 integers when they are 8-bit (see :func:`to_linear`)."""
+    lin = unprocess(x, p, levels)
     raw = mosaic(lin) if p["mosaic"] else lin
     raw = sensor(raw, p, generators)
     lin = demosaic(raw) if p["mosaic"] else raw
@@ -471,8 +529,7 @@ def darken_uint8(image_bgr: np.ndarray, preset: str = "darkface", seed: int = 0,
         raise CameraError(f"darken_uint8 expects an HxWx3 uint8 BGR image, got "
                           f"{image_bgr.dtype} {image_bgr.shape}")
     rgb = torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1])).permute(2, 0, 1)
-    out = darken(rgb.float() / 255.0, preset, overrides=overrides, seeds=[seed])
-    out = torch.round(out.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    out = darken(rgb, preset, overrides=overrides, seeds=[seed])              # uint8 in and out
     return np.ascontiguousarray(out.permute(1, 2, 0).numpy()[:, :, ::-1])
 
 
@@ -494,3 +551,44 @@ def overrides_from_config(section: Mapping[str, Any]) -> tuple[str, dict]:
     except CameraError as err:
         raise CameraError(f"config section CAMERA: {err}") from None
     return preset, overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics of a night image (the calibration targets of the darkface preset)
+
+# A real DARK FACE frame (the night street shipped with the HLA-Face code), and the ranges the
+# darkface preset must reach on daylight photos.
+DARKFACE_FRAME = {"mean_luma": 3.6, "median": 1.0, "zeros": 0.49, "p95": 16.0, "p99": 41.0,
+                  "mean_b": 3.1, "mean_g": 3.5, "mean_r": 4.0, "flat_std": (3.4, 4.2)}
+DARKFACE_TARGETS = {"mean_luma": (2.0, 6.0), "zeros": (0.35, 0.60), "p99": (25.0, 60.0),
+                    "flat_std": (3.4, 4.2)}
+
+
+def luma(image_bgr: np.ndarray) -> np.ndarray:
+    """8-bit luma of an HxWx3 uint8 BGR image (BT.601 weights, rounded, as OpenCV's grey)."""
+    y = image_bgr[..., 0] * 0.114 + image_bgr[..., 1] * 0.587 + image_bgr[..., 2] * 0.299
+    return np.round(y).astype(np.uint8)
+
+
+def night_statistics(dark_bgr: np.ndarray) -> dict:
+    """Mean/median/95th/99th percentile of the luma, its share of exact zeros, channel means."""
+    y = luma(dark_bgr).astype(np.float64)
+    b, g, r = (dark_bgr[..., c].astype(np.float64).mean() for c in range(3))
+    return {"mean_luma": y.mean(), "median": float(np.median(y)), "zeros": float((y == 0).mean()),
+            "p95": float(np.percentile(y, 95)), "p99": float(np.percentile(y, 99)),
+            "mean_b": b, "mean_g": g, "mean_r": r}
+
+
+def flat_patch_noise(dark_bgr: np.ndarray, clean_bgr: np.ndarray, size: int = 8,
+                     flat: float = 2.0, lo: float = 8.0, hi: float = 14.0) -> np.ndarray:
+    """Luma std of the dark image in ``size`` x ``size`` blocks that are flat in the clean image
+    (clean luma std below ``flat``) and whose dark mean lies in [lo, hi]: the noise there."""
+    h, w = (s - s % size for s in dark_bgr.shape[:2])
+
+    def blocks(img):
+        y = luma(img[:h, :w]).astype(np.float64)
+        return y.reshape(h // size, size, w // size, size).transpose(0, 2, 1, 3).reshape(
+            -1, size * size)
+    d, c = blocks(dark_bgr), blocks(clean_bgr)
+    keep = (c.std(1) < flat) & (d.mean(1) >= lo) & (d.mean(1) <= hi)
+    return d[keep].std(1)

@@ -262,10 +262,10 @@ def default_config() -> EasyDict:
     # ['loglinear', 'system_gain', slope, bias, sigma].
     C.CAMERA = EasyDict()
     C.CAMERA.PRESET = "darkface"
-    for _name in ("gamma", "red_gain", "blue_gain", "rgb_gain",          # unprocessing
+    for _name in ("gamma", "red_gain", "blue_gain", "rgb_gain", "light_red", "light_blue",
                   "exposure",                                            # darkness (linear)
                   "white_level", "system_gain", "read_noise", "tukey_lambda", "row_noise",
-                  "black_level_error", "bits", "digital_gain",           # sensor, DN units
+                  "black_level_error", "black_offset", "bits", "digital_gain", "awb",
                   "invert_tone", "apply_tone", "safe_invert", "clip_linear", "mosaic",
                   "clip_raw", "quantize_output"):                        # switches: [0] / [1]
         C.CAMERA[_name] = []

@@ -9,10 +9,12 @@ import torch
 from data import camera
 from data.camera import CameraError, darken
 
-# exposure 1, no noise, no quantisation, gains that the forward path undoes
+# exposure 1, no noise, no quantisation, no black crush, colour cast or mosaic, gains that the
+# forward path undoes
 NOISELESS = dict(exposure=1.0, system_gain=0.0, read_noise=0.0, row_noise=0.0, bits=0.0,
                  black_level_error=0.0, digital_gain=1.0, rgb_gain=1.0, safe_invert=0.0,
-                 clip_linear=0.0, clip_raw=0.0)
+                 clip_linear=0.0, clip_raw=0.0, black_offset=0.0, awb=0.0, light_red=1.0,
+                 light_blue=1.0, mosaic=0.0)
 
 
 def _images(b=2, h=24, w=20, seed=0, dtype=torch.float32):
@@ -58,6 +60,7 @@ def test_noise_variance_on_flat_patches_is_shot_times_x_plus_read(shot_dist, rea
     k, sigma, white, lam = 2.0, 3.0, 1000.0, -0.1
     p, gens = _params(exposure=1.0, white_level=white, system_gain=k, read_noise=sigma,
                       row_noise=0.0, bits=0.0, clip_raw=0.0, black_level_error=0.0,
+                      black_offset=0.0,
                       shot_dist=shot_dist, read_dist=read_dist, tukey_lambda=lam)
     levels = torch.tensor([0.01, 0.05, 0.2, 0.6])
     flat = levels.view(1, 4, 1, 1).expand(1, 4, 200, 200).contiguous()
@@ -75,7 +78,8 @@ def test_noise_variance_on_flat_patches_is_shot_times_x_plus_read(shot_dist, rea
 
 def test_row_noise_is_one_offset_per_row():
     p, gens = _params(exposure=1.0, white_level=100.0, system_gain=0.0, read_noise=0.0,
-                      row_noise=2.0, bits=0.0, clip_raw=0.0, black_level_error=0.0)
+                      row_noise=2.0, bits=0.0, clip_raw=0.0, black_level_error=0.0,
+                      black_offset=0.0)
     out = camera.sensor(torch.full((1, 3, 400, 50), 0.5), p, gens)[0]
     assert torch.allclose(out, out[:, :, :1].expand_as(out))          # constant along a row
     assert torch.allclose(out[0], out[1]) and torch.allclose(out[0], out[2])
@@ -85,7 +89,7 @@ def test_row_noise_is_one_offset_per_row():
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantisation_gives_2_to_the_bits_levels(bits):
     p, gens = _params(exposure=1.0, system_gain=0.0, read_noise=0.0, row_noise=0.0,
-                      black_level_error=0.0, bits=float(bits))
+                      black_level_error=0.0, black_offset=0.0, bits=float(bits))
     ramp = torch.linspace(-0.1, 1.1, 5000).view(1, 1, 1, -1).expand(1, 3, 1, 5000)
     out = camera.sensor(ramp.contiguous(), p, gens)
     values = torch.unique(out)
@@ -164,3 +168,51 @@ def test_samplers_follow_their_distributions():
     logs = np.log([camera._draw_one(line, g, {"system_gain": 1e-3}) for _ in range(3000)])
     assert abs(logs.mean() - (1.09 * np.log(1e-3) + 0.60)) < 0.01
     assert abs(logs.std() - 0.13) < 0.01
+
+
+def test_dainet_preset_matches_a_port_of_the_original_under_the_same_draws():
+    """Same parameters and noise draws: our pipeline equals DAI-Net's Dark ISP (float output)."""
+    from tests.dainet_port import dark_isp
+    x = _images(1, 20, 16)[0]
+    table = camera.resolve("dainet")
+    for seed in (0, 1, 2):
+        g = torch.Generator().manual_seed(seed)
+        d = camera.draw_params(table, g)
+        normal = torch.randn((3, 20, 16), generator=g)          # the order our sensor draws in
+        uniform3 = torch.rand(3, generator=g)
+        index = [i for i in range(4) if torch.allclose(
+            _rgb2cam(camera.XYZ2CAMS[i]), d["rgb2cam"])][0]
+        bits = 1.0 / (255 * d["black_level_error"])
+        ref = dark_isp(x, camera.XYZ2CAMS[index].tolist(), d["gamma"], d["rgb_gain"],
+                       d["red_gain"], d["blue_gain"], d["exposure"], d["system_gain"],
+                       d["read_noise"] ** 2, normal, uniform3, bits)
+        ours = darken(x, "dainet", seeds=[seed], overrides={"quantize_output": 0.0})
+        assert round(bits) in (12, 14, 16)
+        assert (ours.double() - ref).abs().max() < 1e-5
+
+
+def _rgb2cam(xyz2cam):
+    m = xyz2cam @ camera.RGB2XYZ
+    return m / m.sum(-1, keepdim=True)
+
+
+def test_presets_on_real_photos(shared_data):
+    """darkface: the DARK FACE statistics (pooled over the dlib photos); dainet: mean luma about
+    35, as the original's images."""
+    import cv2
+    paths = sorted((shared_data / "dlib_faces").glob("*.jpg"))
+    assert len(paths) == 9
+    lumas, flats, dainet = [], [], []
+    for i, path in enumerate(paths):
+        bgr = cv2.imread(str(path))
+        dark = camera.darken_uint8(bgr, "darkface", seed=i)
+        lumas.append(camera.luma(dark).ravel())
+        flats.append(camera.flat_patch_noise(dark, bgr))
+        if i < 3:
+            dainet.append(camera.luma(camera.darken_uint8(bgr, "dainet", seed=i)).mean())
+    y, flat, t = np.concatenate(lumas), np.concatenate(flats), camera.DARKFACE_TARGETS
+    assert t["mean_luma"][0] <= y.mean() <= t["mean_luma"][1]
+    assert t["zeros"][0] <= (y == 0).mean() <= t["zeros"][1]
+    assert t["p99"][0] <= np.percentile(y, 99) <= t["p99"][1]
+    assert len(flat) >= 100 and t["flat_std"][0] <= flat.mean() <= t["flat_std"][1]
+    assert 25 <= np.mean(dainet) <= 45
