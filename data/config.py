@@ -288,6 +288,37 @@ def default_config() -> EasyDict:
     # (CAMERA.*), drawn anew per (RUN.SEED, epoch, image); False trains on the images as they are
     C.ENHANCE.TRAIN_CAMERA = False
 
+    # ---- ours: self-training on a user's night footage (tools/adapt_to_night.py,
+    # adapt/pseudo/night.py, configs/adapt_to_night.yaml; PSEUDO.HIGH/LOW/BATCH_SIZE, EMA.DECAY/TAU
+    # and SOLVER.* apply too; docs/NIGHT.md "Adapting to your footage") ----
+    C.ADAPT = EasyDict()
+    C.ADAPT.IMAGES = ""                 # the footage: image, folder, list file, video, camera index
+    C.ADAPT.EVERY = 1.0                 # seconds between sampled video frames (0: every frame)
+    C.ADAPT.MAX_FRAMES = 0              # frames taken from the footage; 0 = all
+    C.ADAPT.HOLDOUT = 0.2               # share of the frames held out for the before/after report
+    C.ADAPT.ENHANCE = "auto"            # the teacher's night mode (lowlevel/enhancers.py)
+    C.ADAPT.TEACHER_INPUT = "both"      # the teacher sees: raw | enhanced | both (fused)
+    C.ADAPT.SCALES = [1.0]              # teacher passes: resize factors (each also flipped)
+    C.ADAPT.FLIP = True
+    C.ADAPT.FUSION = "wbf"              # merging the teacher's passes: wbf | nms
+    C.ADAPT.IOU = 0.55                  # fusion IoU
+    C.ADAPT.SKIP_THRESH = 0.1           # teacher boxes under this score are not fused
+    C.ADAPT.ROUND_STEPS = 50            # steps between pseudo-label refreshes by the EMA teacher
+    C.ADAPT.MAX_ROUNDS = 8
+    C.ADAPT.PATIENCE = 2                # rounds without a better held-out score before stopping
+    C.ADAPT.MIN_DELTA = 0.0             # what counts as better
+    C.ADAPT.MATCH_IOU = 0.5             # teacher-student agreement: boxes matched at this IoU
+    C.ADAPT.SYNTH_BATCH_SIZE = 4        # per step: confident frames, brightened then camera-darkened
+    C.ADAPT.DARKEN_PRESET = "darkface"  # data/camera.py preset of that darkening
+    C.ADAPT.LABELLED = ""               # optional labelled daylight images (annotation file)
+    C.ADAPT.LABELLED_FORMAT = "auto"    # any format of data/annotations.py
+    C.ADAPT.LABELLED_ROOT = ""          # their image root ('' = the format's default)
+    C.ADAPT.LABELLED_BATCH_SIZE = 4
+    C.ADAPT.LABELLED_DARKEN_PROB = 0.5  # labelled images camera-darkened with this probability
+    C.ADAPT.KEEP = "ema"                # the adapted weights: ema (mean teacher) | student
+    C.ADAPT.EXAMPLES = 4                # held-out frames drawn before/after in the report
+    C.ADAPT.ONNX = True                 # export the adapted detector to ONNX
+
     # ---- ours: how a run executes ----
     C.RUN = EasyDict()
     C.RUN.DEVICE = "auto"               # auto | cpu | cuda | cuda:N

@@ -20,6 +20,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from layers.box_fusion import FUSION
 from layers.box_voting import box_vote
 
 DUMMY_ROW = np.array([[0.0, 0.0, 0.0, 0.0, 0.001]])   # the reference's "nothing found" row
@@ -90,7 +91,7 @@ def flip_detections(d: np.ndarray, width: int) -> np.ndarray:
     """Pixel detections of a horizontally flipped image, mapped back to the original."""
     d = d.copy()
     d[:, [0, 2]] = width - d[:, [2, 0]]
-    if d.shape[1] > 5:
+    if d.shape[1] > 5 and len(d):          # (an empty result has nothing to swap)
         pts = d[:, 5:].reshape(len(d), -1, 2)[:, FLIP_LANDMARKS]
         pts[..., 0] = width - pts[..., 0]
         d[:, 5:] = pts.reshape(len(d), -1)
@@ -146,3 +147,28 @@ class TestTimeDetector:
             union = np.concatenate([dets[i] for dets in per_pass])
             out.append(box_vote(union, self.iou_thresh, self.top_k) if self.vote else union)
         return out
+
+
+def pad_columns(d: np.ndarray, width: int) -> np.ndarray:
+    """Pad an empty or landmark-less pass result to ``width`` columns (landmarks -1)."""
+    if d.shape[1] >= width:
+        return d[:, :width]
+    return np.concatenate([d, np.full((len(d), width - d.shape[1]), -1.0)], 1)
+
+
+def merged_passes(runner: TestTimeDetector, sources: list[list[np.ndarray]],
+                  plan: list[Pass], method: str, iou: float) -> list[np.ndarray]:
+    """Pixel detections ``[n, 5(+2L)]`` per image of one detector: every pass of ``plan`` on
+    every source (e.g. the raw images and their brightened copies, the same images in the same
+    order), merged as one model by ``FUSION[method]`` when there are several runs (moved here
+    from tools/make_pseudo_labels.py, which the night adaptation shares)."""
+    runs = [runner.run_pass(images, p) for images in sources for p in plan]   # [run][image]
+    width = runner.columns
+    out = []
+    for i in range(len(sources[0])):
+        per_run = [pad_columns(r[i], width) for r in runs]
+        if len(per_run) == 1:
+            out.append(per_run[0])
+        else:
+            out.append(FUSION[method]([np.concatenate(per_run)], iou_thr=iou).dets)
+    return out

@@ -54,6 +54,7 @@ from data.pseudo_labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E402
                                 relative_image_path, write_pseudo_labels)
 from layers.box_fusion import FUSION, fuse_teachers  # noqa: E402
 from models.test_time import Pass, TestTimeDetector  # noqa: E402
+from models.test_time import merged_passes as teacher_detections  # noqa: E402,F401
 from utils import dist  # noqa: E402
 
 log = logging.getLogger("make_pseudo_labels")
@@ -108,29 +109,6 @@ def load_teachers(teachers: list[Teacher], args, device) -> list[TestTimeDetecto
         log.info("teacher %s (MODEL.NAME=%s, weight %g, input %s)", t.weights,
                  cfg.MODEL.NAME, t.weight, t.input)
     return runners
-
-
-def _columns(d: np.ndarray, width: int) -> np.ndarray:
-    """Pad an empty or landmark-less pass result to ``width`` columns (landmarks -1)."""
-    if d.shape[1] >= width:
-        return d[:, :width]
-    return np.concatenate([d, np.full((len(d), width - d.shape[1]), -1.0)], 1)
-
-
-def teacher_detections(runner: TestTimeDetector, sources: list[list[np.ndarray]],
-                       plan: list[Pass], method: str, iou: float) -> list[np.ndarray]:
-    """Pixel detections ``[n, 5(+2L)]`` per image of one teacher: every pass on every source,
-    merged as one model when there are several."""
-    runs = [runner.run_pass(images, p) for images in sources for p in plan]   # [run][image]
-    width = runner.columns
-    out = []
-    for i in range(len(sources[0])):
-        per_run = [_columns(r[i], width) for r in runs]
-        if len(per_run) == 1:
-            out.append(per_run[0])
-        else:
-            out.append(FUSION[method]([np.concatenate(per_run)], iou_thr=iou).dets)
-    return out
 
 
 class LabelFiles:

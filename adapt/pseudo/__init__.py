@@ -1,0 +1,1 @@
+"""Pseudo-label self-training; ``night``: adapting a detector to a user's own night footage."""
