@@ -199,7 +199,9 @@ def write_graphs(cfg, net, calibration: Sequence[Path], variants: Sequence[str],
         kwargs, excluded = VARIANTS[variant]
         path = out / f"{name}.{variant.replace(' ', '_')}.onnx"
         t = time.perf_counter()
-        quantize_int8(graphs["fp32"], path, ImageCalibrationReader(calibration, to_feeds),
+        # histogram methods stack the calibration outputs: one input shape (640 x 640)
+        size = None if kwargs.get("method", "minmax") == "minmax" else (640, 640)
+        quantize_int8(graphs["fp32"], path, ImageCalibrationReader(calibration, to_feeds, size),
                       exclude_nodes=excluded(nodes) if excluded else (), **kwargs)
         c = qdq_counts(path)
         print(f"  {name} {variant}: {c['QuantizeLinear']} Q / {c['DequantizeLinear']} DQ "
@@ -229,8 +231,31 @@ def latency(graphs: dict[str, Path], feeds: dict, rounds: int, seconds: float) -
             for k, v in best.items()}
 
 
-def profile_ops(path: Path, feeds: dict, out: Path, runs: int = 20) -> Counter:
-    """onnxruntime's summed kernel time per operator type (ms per run), 1 thread."""
+def conv_kinds(fp32: Path) -> dict[str, str]:
+    """Tensor/node name -> the kind of convolution that makes it (first, depthwise 3x3,
+    pointwise 1x1, dense), following a fused activation's output too."""
+    import onnx
+    graph = onnx.load(str(fp32)).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    kinds = {}
+    for i, n in enumerate(n for n in graph.node if n.op_type == "Conv"):
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        kind = ("conv (first)" if i == 0 else "conv depthwise" if group > 1
+                else "conv 1x1" if dims[n.input[1]][2] == 1 else "conv dense")
+        kinds[n.name] = kinds[n.output[0]] = kind
+    for n in graph.node:
+        if n.op_type in ("Relu", "LeakyRelu") and n.input[0] in kinds:
+            kinds[n.output[0]] = kinds[n.input[0]]
+    return kinds
+
+
+def profile_ops(path: Path, feeds: dict, out: Path, kinds: dict[str, str],
+                runs: int = 20) -> Counter:
+    """onnxruntime's summed kernel time (ms per run, 1 thread) per operator type, the
+    convolutions split by kind (:func:`conv_kinds`; the float graph's fused nodes are named
+    after their output, the int8 graph's after the node plus ``_token_N``)."""
+    import re
+
     import onnxruntime
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
@@ -243,7 +268,10 @@ def profile_ops(path: Path, feeds: dict, out: Path, runs: int = 20) -> Counter:
     ops = Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            ops[e["args"]["op_name"]] += e["dur"] / 1000 / runs
+            name = e["name"][: -len("_kernel_time")]
+            kind = (kinds.get(re.sub(r"_token_\d+$", "", name))
+                    or kinds.get(name.removesuffix("_nchwc")) or e["args"]["op_name"])
+            ops[kind] += e["dur"] / 1000 / runs
     return ops
 
 
@@ -313,13 +341,15 @@ def bench_model(name: str, args, calibration: Sequence[Path], records, levels, o
     if args.profile:
         size = max(args.sizes)
         rgb = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
-        ops = {k: profile_ops(p, to_feeds(rgb), out) for k, p in graphs.items()}
+        kinds = conv_kinds(graphs["fp32"])
+        ops = {k: profile_ops(p, to_feeds(rgb), out, kinds) for k, p in graphs.items()}
         names = sorted({o for c in ops.values() for o in c}, key=lambda o: -max(
             c.get(o, 0) for c in ops.values()))
         print(f"\n{name}: onnxruntime kernel time per operator type at {size}² (ms per run, "
               f"1 thread)")
         print_table(["operator", *ops], [[o, *[f"{ops[k].get(o, 0):.2f}" for k in ops]]
-                                         for o in names])
+                                         for o in names] + [["total", *[
+                                             f"{sum(ops[k].values()):.2f}" for k in ops]]])
     return {"latency": speed, "ap": ap}
 
 

@@ -1,6 +1,7 @@
 """Export a detector to ONNX (dynamic height and width) and check it against PyTorch.
 
-    python tools/export_onnx.py --weights W --out model.onnx [--image IMG] [MODEL.NAME=...]
+    python tools/export_onnx.py --weights W --out model.onnx [--image IMG] [--enhance gamma]
+                                [MODEL.NAME=...]
 
 (opset 17; YuNet keeps the official files' opset 11)
 
@@ -55,10 +56,12 @@ from models.onnx_deploy import (CALIBRATION_METHODS, ImageCalibrationReader,  # 
                                 face_detector_yn, fit_image, fixed_input_size,
                                 opencv_input_size, qdq_counts, quantize_int8)
 from models.onnx_runner import DECODERS, OnnxFaceDetector, onnx_runner  # noqa: E402
+from lowlevel.enhancers import build_enhancer  # noqa: E402
+from lowlevel.onnx_enhance import GRAPH_ENHANCERS, prepend_enhancer  # noqa: E402
 
 
 def compare(detector, onnx_det: OnnxFaceDetector, rgb: np.ndarray) -> dict:
-    x = detector.to_input(rgb[None])
+    x = detector.to_input(detector.enhanced(rgb[None]) if detector.enhance else rgb[None])
     out = detector.forward(x)
     ref_loc, ref_score = out.loc_pal2[0].float(), torch.softmax(out.conf_pal2[0].float(), -1)[:, 1]
     loc, score = onnx_det.raw(rgb)
@@ -103,11 +106,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--int8, size-dynamic graph: calibration images scaled down to this "
                         "longer side")
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
-                   help="--int8: activation range estimate")
+                   help="--int8: activation range estimate (percentile, entropy: images "
+                        "fitted to a --calib-max-side square, one shape for the histograms)")
     p.add_argument("--per-tensor", action="store_true",
                    help="--int8: one weight scale per tensor instead of per output channel")
     p.add_argument("--exclude", nargs="*", default=[], metavar="NAME_OR_OP",
                    help="--int8: node names or operator types left in float")
+    p.add_argument("--enhance", choices=("none", *GRAPH_ENHANCERS), default="none",
+                   help="night mode inside the graph: the enhancer's pixel table in front of "
+                        "the network (lowlevel/onnx_enhance.py says which cannot be)")
     p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE")
     args = p.parse_args(argv)
     if args.int8 and args.calib is None:
@@ -126,8 +133,10 @@ def write_int8(cfg, src: Path, args) -> None:
     import onnx
     decoder = DECODERS[cfg.MODEL.NAME](cfg)
     paths = calibration_images(args.calib, args.calib_limit)
-    reader = ImageCalibrationReader(paths, decoder.inputs, fixed_input_size(src),
-                                    args.calib_max_side)
+    size = fixed_input_size(src)
+    if size is None and args.calib_method != "minmax":     # histograms need one shape
+        size = (args.calib_max_side, args.calib_max_side)
+    reader = ImageCalibrationReader(paths, decoder.inputs, size, args.calib_max_side)
     ops = {n.op_type for n in onnx.load(str(src)).graph.node}
     quantize_int8(src, args.out, reader, per_channel=not args.per_tensor,
                   method=args.calib_method,
@@ -207,6 +216,14 @@ def main(argv=None) -> int:
         print(f"OpenCV graph: input fixed at 1x3x{size[0]}x{size[1]}")
     else:
         get_entry(cfg.MODEL.NAME).export_onnx(detector.net, graph)
+    if args.enhance != "none":
+        if args.opencv:
+            raise SystemExit("--enhance is not offered with --opencv (OpenCV's importer is "
+                             "not checked with the table lookup)")
+        spec = get_entry(cfg.MODEL.NAME).input_spec(cfg)
+        prepend_enhancer(graph, args.enhance, spec.mean, spec.std)
+        detector.enhance = build_enhancer(args.enhance)       # the check's PyTorch side
+        print(f"night mode in the graph: --enhance {args.enhance}")
     print(f"exported {graph} ({graph.stat().st_size / 2 ** 20:.1f} MiB)")
     if args.int8:
         write_int8(cfg, graph, args)
