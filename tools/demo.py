@@ -2,7 +2,8 @@
 
     python tools/demo.py [--out demo_out] [--full] [--jobs 2] [--seed 0] [--fresh]
                          [--source-steps N] [--adapt-steps N] [--teacher-steps N]
-                         [--yunet-steps N] [--levels L2,L4,L5] [--noise-seeds 2]
+                         [--yunet-steps N] [--levels L2,L4,L5] [--noise-seeds 3]
+                         [--train-seeds 3]
                          [--yunet yunet_n.pth] [--yunet-s yunet_s.pth]
 
 Part 1, real faces in the dark (needs the released YuNet: ``--yunet``, default
@@ -36,10 +37,11 @@ by the toy low-light simulation data/lowlight.py):
 Part 3, YuNet adapted (needs the released YuNet):
 
 11. YuNet adaptations on the toy dark images: control, HLA, PL (YuNet_n alone), dual teacher
-    (YuNet_n with YuNet_s);
+    (YuNet_n with YuNet_s); the control and the students (seconds each) once per training seed
+    (``--train-seeds``, 3), HLA once;
 12. the part-1 photos again at the same levels (first noise seed): the released YuNet_n raw, with
     the night mode and with E(L), and the adapted models (``demo_out/real/adapted.md``,
-    ``demo_out/real_faces.png``).
+    ``demo_out/real_faces.png``); rows with several seeds show mean ± half range.
 
 Speed: each stage prints its wall and CPU time, and a table of all at the end. Independent
 stages run side by side (``--jobs``, default 2 = the cores of the target machine), each with
@@ -57,8 +59,9 @@ RUN.SEED), the loaders seed their workers from RUN.SEED, every process uses a fi
 torch threads. The same machine and settings give the same numbers; another CPU (other SIMD
 kernels), another torch or another ``--jobs`` (other thread counts, other float summation order)
 can move the trained rows by a few hundredths of AP. The trained rows come from one seed each:
-the table prints the spread measured over seeds and runs so that a difference inside it is not
-read as a gain.
+the DSFD table prints the spread measured between runs, the YuNet rows train with a few seeds
+and show their spread, and part 1 shows the spread over camera-noise seeds, so that a difference
+inside a spread is not read as a gain.
 """
 from __future__ import annotations
 
@@ -93,10 +96,10 @@ ENHANCERS = ("none", "gamma", "clahe", "auto")    # part 1's columns (lowlevel/e
 SETTINGS = {
     "short": dict(source_steps=200, adapt_steps=30, teacher_steps=20, yunet_steps=20,
                   n_train=160, n_val=0, n_dark_train=48, n_dark_val=40, levels="L2,L4,L5",
-                  noise_seeds=3),
+                  noise_seeds=3, train_seeds=3),
     "full": dict(source_steps=300, adapt_steps=60, teacher_steps=30, yunet_steps=40,
                  n_train=160, n_val=40, n_dark_train=60, n_dark_val=40,
-                 levels="L1,L2,L3,L4,L5", noise_seeds=3),
+                 levels="L1,L2,L3,L4,L5", noise_seeds=3, train_seeds=3),
 }
 # Run-to-run spread of the trained DSFD rows measured between two fresh runs of the earlier
 # (full-length) demo on two machines (issue 18): control 0.345 / 0.382, HLA 0.362 / 0.371,
@@ -123,7 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         ("adapt-steps", "steps of every DSFD adaptation run and the control"),
                         ("teacher-steps", "main teacher: steps after the source"),
                         ("yunet-steps", "steps of every YuNet adaptation run"),
-                        ("noise-seeds", "camera-noise seeds per real photo and level")):
+                        ("noise-seeds", "camera-noise seeds per real photo and level"),
+                        ("train-seeds", "training seeds of the YuNet control and students")):
         p.add_argument(f"--{name}", type=int, default=None, help=f"{about} (default: by length)")
     p.add_argument("--levels", default=None,
                    help=f"darkness levels of the real photos, of {','.join(demo_real.LEVELS)}")
@@ -139,8 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [lv for lv in args.levels if lv not in demo_real.LEVELS]
     if bad or not args.levels:
         p.error(f"--levels: unknown level(s) {bad}; known: {', '.join(demo_real.LEVELS)}")
-    for key in ("jobs", "noise_seeds", "source_steps", "adapt_steps", "teacher_steps",
-                "yunet_steps"):
+    for key in ("jobs", "noise_seeds", "train_seeds", "source_steps", "adapt_steps",
+                "teacher_steps", "yunet_steps"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     return args
@@ -351,28 +355,31 @@ class Demo:
 
     # -- part 3: YuNet adapted ----------------------------------------------------------------
 
-    def yunet_train(self, name: str, extra: list, weights: Path | None = None) -> Path:
+    def yunet_train(self, name: str, extra: list, seed: int = 0) -> Path:
         data, steps = self.p["data"], self.args.yunet_steps
         return self.train(name, [
             *extra, "MODEL.NAME=yunet_n", f"FACE.SRC_TRAIN_FILE={data / 'wider_face_train.txt'}",
             f"FACE.DATA_ROOT={data}", f"YUNET.INPUT_SIZE={YUNET_SIZE}", "SOLVER.BATCH_SIZE=8",
-            f"RUN.SEED={self.args.seed}", "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False",
-            f"MODEL.WEIGHTS={weights or self.yunet}", *self.schedule(steps, 1e-4, warmup=5)],
-            steps)
+            f"RUN.SEED={self.args.seed + seed}", "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False",
+            f"MODEL.WEIGHTS={self.yunet}", *self.schedule(steps, 1e-4, warmup=5)], steps)
 
     def yunet_adaptations(self) -> None:
-        steps = self.args.yunet_steps
-        self.p["y_control"] = self.yunet_train("yunet_control", self.preset("detection_only.yaml"))
-        self.p["y_hla"] = self.yunet_train("yunet_hla", self.hla_opts())
+        """HLA once; the control and the pseudo-label students (a few CPU seconds per run) once
+        per training seed, so that the table shows their spread."""
+        steps, seeds = self.args.yunet_steps, range(self.args.train_seeds)
+        self.p["y_hla"] = [self.yunet_train("yunet_hla", self.hla_opts())]
         pl = self.pseudo_labels("labels_yunet_pl", [f"{self.yunet}:yunet_n:1"])
-        self.p["y_pl"] = self.yunet_train("yunet_pl", [
-            *self.preset("adapt_pl.yaml"), f"PSEUDO.LIST={pl}", "PSEUDO.BATCH_SIZE=8"])
+        runs = [("y_control", "yunet_control", self.preset("detection_only.yaml")),
+                ("y_pl", "yunet_pl", [*self.preset("adapt_pl.yaml"), f"PSEUDO.LIST={pl}",
+                                      "PSEUDO.BATCH_SIZE=8"])]
         if self.yunet_s is not None:
             dual = self.pseudo_labels("labels_yunet_dual", [f"{self.yunet}:yunet_n:1",
                                                             f"{self.yunet_s}:yunet_s:1"])
-            self.p["y_dual"] = self.yunet_train("yunet_dual", [
+            runs.append(("y_dual", "yunet_dual", [
                 *self.preset("adapt_dual_teacher.yaml"), f"PSEUDO.LIST={dual}",
-                "PSEUDO.BATCH_SIZE=8", f"EMA.REFRESH_AFTER={steps // 2}"])
+                "PSEUDO.BATCH_SIZE=8", f"EMA.REFRESH_AFTER={steps // 2}"]))
+        for key, name, extra in runs:
+            self.p[key] = [self.yunet_train(name, extra, s) for s in seeds]
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -472,9 +479,9 @@ class Demo:
                 memo[key] = el_bgr(bgr)
             return memo[key]
         auto = build_enhancer("auto")
-        rows = [("released YuNet_n, raw", self.yunet, None),
-                ("released YuNet_n + night mode (auto)", self.yunet, auto),
-                ("released YuNet_n + E(L)", self.yunet, el),
+        rows = [("released YuNet_n, raw", [self.yunet], None),
+                ("released YuNet_n + night mode (auto)", [self.yunet], auto),
+                ("released YuNet_n + E(L)", [self.yunet], el),
                 ("control (+ steps on demo clean) + E(L)", p["y_control"], el),
                 ("HLA + E(L)", p["y_hla"], el), ("PL student, raw", p["y_pl"], None),
                 ("PL student + night mode", p["y_pl"], auto)]
@@ -484,20 +491,23 @@ class Demo:
         sets = {lv: demo_real.darkened(rs, lv, 0, self.out / "real" / "levels") for lv in levels}
         table, shown = [], {}
         for label, weights, enh in rows:
-            det = demo_real.yunet_detector("yunet_n", weights, enh)
-            cells = []
-            for lv in levels:
-                dets = demo_real.detect_all(det, sets[lv])
-                cells.append(f"{demo_real.average_precision(rs, dets):.3f}")
-                if lv == levels[-1] and label in (rows[0][0], "HLA + E(L)"):
-                    shown[label] = dets
-            table.append([label, *cells])
+            aps = {lv: [] for lv in levels}
+            for w in weights:
+                det = demo_real.yunet_detector("yunet_n", w, enh)
+                for lv in levels:
+                    dets = demo_real.detect_all(det, sets[lv])
+                    aps[lv].append(demo_real.average_precision(rs, dets))
+                    if lv == levels[-1] and label in (rows[0][0], "HLA + E(L)"):
+                        shown[label] = dets
+            seeds = f" ({len(weights)} seeds)" if len(weights) > 1 else ""
+            table.append([label + seeds, *[demo_real.spread_cell(aps[lv]) for lv in levels]])
         header = ["YuNet_n", *[f"{lv} ({demo_real.LEVEL_NOTES[lv]})" for lv in levels]]
         self.tables["adapted"] = (
             f"YuNet_n adapted on the toy data ({self.args.yunet_steps} steps), on {rs.name} "
-            f"darkened by the camera model (noise seed 0); AP at IoU {rs.iou}. One training seed "
-            "per row: compare a difference with the noise-seed spread of part 1 before reading "
-            "it as a gain.\n\n" + demo_real.markdown_table(header, table))
+            f"darkened by the camera model (noise seed 0); AP at IoU {rs.iou}; rows with seeds: "
+            "mean ± half range over the training seeds; the other rows: one run, compare their "
+            "differences with the noise-seed spread of part 1 before reading them as gains."
+            "\n\n" + demo_real.markdown_table(header, table))
         (self.out / "real" / "adapted.md").write_text(self.tables["adapted"] + "\n")
         print(self.tables["adapted"], flush=True)
         demo_real.draw_pair(rs, shown, sets[levels[-1]], range(min(3, len(rs.paths))),
