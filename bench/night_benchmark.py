@@ -158,13 +158,15 @@ def darken_bgr(bgr: np.ndarray, level: Level, photo_index: int) -> np.ndarray:
 
 
 def level_images(records: Sequence[FaceRecord], level: Level, out: Path) -> list[Path]:
-    """Darken every photo for ``level`` into ``out/levels/<level>/<stem>.png`` (cached by the
-    level's key: a stale folder is rewritten) and return the paths."""
+    """Darken every photo for ``level`` into ``out/levels/<level>/<stem>.png`` and return the
+    paths; the folder is rewritten when the level, the photos or the camera code changed."""
     folder = out / "levels" / level.name
-    key = level_key(records, level)
-    stamp = folder / "key.json"
+    recipe = {"level": level.name, "stops": level.stops, "overrides": level.overrides,
+              "seed": SEED, "camera": None if level.clean else code_digest("data/camera.py"),
+              "photos": [digest(Path(r.path)) for r in records]}
+    stamp = folder.with_suffix(".json")             # beside the folder: it holds images only
     paths = [folder / f"{Path(r.path).stem}.png" for r in records]
-    if stamp.is_file() and json.loads(stamp.read_text()) == key and all(
+    if stamp.is_file() and json.loads(stamp.read_text())["recipe"] == recipe and all(
             p.is_file() for p in paths):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,14 +175,17 @@ def level_images(records: Sequence[FaceRecord], level: Level, out: Path) -> list
         if bgr is None:
             raise SystemExit(f"cannot read benchmark photo {record.path}")
         cv2.imwrite(str(path), darken_bgr(bgr, level, k))
-    stamp.write_text(json.dumps(key, indent=1))
+    stamp.write_text(json.dumps({"recipe": recipe, "pixels": [pixel_digest(p, full=True)
+                                                              for p in paths]}, indent=1))
     return paths
 
 
-def level_key(records: Sequence[FaceRecord], level: Level) -> dict:
-    return {"level": level.name, "stops": level.stops, "overrides": level.overrides, "seed": SEED,
-            "camera": None if level.clean else code_digest("data/camera.py"),
-            "photos": [digest(Path(r.path)) for r in records]}
+def level_key(records: Sequence[FaceRecord], level: Level, out: Path) -> dict:
+    """What a row's detections at ``level`` depend on: the darkened photos' pixels (so a
+    rewrite of the camera code that gives the same pixels keeps the cache)."""
+    level_images(records, level, out)
+    stamp = json.loads((out / "levels" / f"{level.name}.json").read_text())
+    return {"level": level.name, "pixels": digest(stamp["pixels"])}
 
 
 def image_stats(paths: Sequence[Path]) -> dict:
@@ -229,15 +234,18 @@ def lfw_mosaic(identities: range, cell: int = 112, grid: tuple[int, int] = (4, 5
     return canvas
 
 
-def pixel_digest(path_or_array) -> str:
-    """Digest of decoded pixels (so a re-encoded copy of a photo is still the same photo)."""
+def pixel_digest(path_or_array, full: bool = False) -> str:
+    """Digest of decoded pixels: at 64 x 64 (a re-encoded or resized copy of a photo is still
+    the same photo) or, with ``full``, of every pixel."""
     if isinstance(path_or_array, (str, Path)):
         image = cv2.imread(str(path_or_array), cv2.IMREAD_COLOR)
         if image is None:
             raise SystemExit(f"cannot read {path_or_array}")
     else:
         image = np.ascontiguousarray(path_or_array)
-    return digest(cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA).tobytes())
+    if not full:
+        image = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA)
+    return digest(image.tobytes())
 
 
 def check_split(benchmark: Sequence[FaceRecord], fine_tune: Sequence[Path]) -> None:
@@ -268,15 +276,16 @@ def write_fine_tune_set(out: Path, yunet_n: Path, copies: int = 3) -> FineTuneSe
     camera-model copies of each, the darkface preset's own sampling, seeds SEED + 1)."""
     root = out / "finetune"
     photos = fine_tune_photos()
-    key = {"photos": {n: digest(p.tobytes()) for n, p in photos.items()}, "copies": copies,
-           "labeller": digest(yunet_n), "score": LABEL_SCORE,
-           "camera": code_digest("data/camera.py")}
+    recipe = {"photos": {n: digest(p.tobytes()) for n, p in photos.items()}, "copies": copies,
+              "labeller": digest(yunet_n), "score": LABEL_SCORE,
+              "camera": code_digest("data/camera.py")}
     stamp = root / "key.json"
-    fts = FineTuneSet(root, root / "train.txt", root / "night", key)
-    if stamp.is_file() and json.loads(stamp.read_text()) == key:
-        return fts
+    if stamp.is_file() and json.loads(stamp.read_text())["recipe"] == recipe:
+        return FineTuneSet(root, root / "train.txt", root / "night",
+                           json.loads(stamp.read_text())["content"])
     (root / "images").mkdir(parents=True, exist_ok=True)
     fts.night.mkdir(parents=True, exist_ok=True)
+    fts = FineTuneSet(root, root / "train.txt", root / "night", {})
     detect = released_detector("yunet_n", yunet_n)
     records = []
     for i, (name, rgb) in enumerate(photos.items()):
@@ -292,7 +301,10 @@ def write_fine_tune_set(out: Path, yunet_n: Path, copies: int = 3) -> FineTuneSe
             seed = int(np.random.SeedSequence([SEED + 1, i, k]).generate_state(1)[0])
             cv2.imwrite(str(fts.night / f"{name}__{k}.png"), darken_uint8(bgr, "darkface", seed))
     write_annotations(records, fts.train_list, "wider", root=root)
-    stamp.write_text(json.dumps(key, indent=1))
+    # What the trained rows depend on: the labels and every pixel (not the code that made them).
+    fts.key = {"labels": digest(fts.train_list), "pixels": digest(
+        [pixel_digest(p, full=True) for p in sorted(root.glob("*/*.png"))])}
+    stamp.write_text(json.dumps({"recipe": recipe, "content": fts.key}, indent=1))
     return fts
 
 
@@ -341,6 +353,10 @@ def run_entry(script: str, argv: Sequence[str], log: Path) -> None:
 
 class Unavailable(RuntimeError):
     """A row that cannot run here (a missing tool, preset or weights); the message says why."""
+
+
+class Skipped(RuntimeError):
+    """A row that is not run at this level (the message says why); it runs at the others."""
 
 
 @dataclass
@@ -402,7 +418,7 @@ def released(model: str, enhance: str) -> Method:
     return Method(model if enhance == "none" else f"{model}+{enhance}", about, key, build)
 
 
-def schedule(steps: int, lr: float = 1e-4, warmup: int = 5) -> list[str]:
+def schedule(steps: int, lr: float, warmup: int = 5) -> list[str]:
     return [f"SOLVER.MAX_STEPS={steps}", f"SOLVER.LR={lr}", f"SOLVER.WARMUP_ITERS={warmup}",
             f"SOLVER.LR_STEPS=[{steps * 4 // 5}]", f"RUN.LOG_EVERY={max(steps // 6, 1)}",
             f"RUN.CKPT_EVERY={steps}"]
@@ -414,7 +430,7 @@ def train_yunet(ctx: Context, name: str, argv: list[str], recipe: dict) -> Path:
     trains anew and an unchanged one is reused. Returns the final checkpoint."""
     fts = ctx.fine_tune_set()
     steps = ctx.args.steps
-    run = f"{name}-{digest([recipe, fts.key, steps, ctx.args.train_size])}"
+    run = f"{name}-{digest([recipe, fts.key, steps, ctx.args.train_size, ctx.args.lr])}"
     runs = ctx.out / "models"
     final = runs / run / f"ckpt_{steps}.pth"
     if not final.is_file():
@@ -423,7 +439,7 @@ def train_yunet(ctx: Context, name: str, argv: list[str], recipe: dict) -> Path:
             f"MODEL.WEIGHTS={ctx.weights('yunet_n')}", f"FACE.SRC_TRAIN_FILE={fts.train_list}",
             f"FACE.DATA_ROOT={fts.root}", f"YUNET.INPUT_SIZE={ctx.args.train_size}",
             "SOLVER.BATCH_SIZE=8", f"RUN.OUTPUT_DIR={runs}", f"RUN.NAME={run}",
-            "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False", *schedule(steps)],
+            "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False", *schedule(steps, ctx.args.lr)],
             runs / f"{run}.log")
         if not final.is_file():
             raise RuntimeError(f"train.py left no {final}")
@@ -448,7 +464,7 @@ class Recipe:
 def trained(name: str, about: str, recipe: Recipe) -> Method:
     """A row trained once (for every level) on the fine-tuning set by ``recipe``."""
     def key(ctx: Context, level: Level) -> dict:
-        return {"trained": recipe.key(ctx), "steps": ctx.args.steps,
+        return {"trained": recipe.key(ctx), "steps": ctx.args.steps, "lr": ctx.args.lr,
                 "size": ctx.args.train_size, "start": digest(ctx.weights("yunet_n"))}
 
     def build(ctx: Context, level: Level) -> Detect:
@@ -471,8 +487,7 @@ def pseudo_recipe(relative: str, teachers: Sequence[str], *extra: str) -> Recipe
     ``relative`` on them (+ the labelled clean fine-tuning photos as its source batch)."""
     def key(ctx: Context) -> dict:
         return {"preset": digest(preset(relative)), "extra": extra,
-                "teachers": {t: digest(ctx.weights(t)) for t in teachers},
-                "tool": code_digest("tools/make_pseudo_labels.py")}
+                "teachers": {t: digest(ctx.weights(t)) for t in teachers}}
 
     def argv(ctx: Context) -> list[str]:
         fts = ctx.fine_tune_set()
@@ -491,8 +506,11 @@ def pseudo_recipe(relative: str, teachers: Sequence[str], *extra: str) -> Recipe
 def adapted() -> Method:
     """tools/adapt_to_night.py on the level's night photos (no labels), once per level."""
     def key(ctx: Context, level: Level) -> dict:
-        tool = preset("tools/adapt_to_night.py")
-        return {"tool": digest(tool), "weights": digest(ctx.weights("yunet_n")),
+        preset("tools/adapt_to_night.py")
+        if level.name not in ctx.args.adapt_levels.split(","):
+            raise Skipped(f"adapted at --adapt-levels {ctx.args.adapt_levels} only (CPU time)")
+        return {"preset": digest(preset("configs/adapt_to_night.yaml")),
+                "weights": digest(ctx.weights("yunet_n")),
                 "extra": ctx.args.adapt_args, "level": level.name}
 
     def build(ctx: Context, level: Level) -> Detect:
@@ -513,6 +531,9 @@ def adapted() -> Method:
 
 
 ADAPTED_WEIGHTS = "adapted.pth"
+# A CPU-sized adaptation: rounds of 10 steps, at most 3, stop after one without progress.
+ADAPT_ARGS = ("ADAPT.ROUND_STEPS=10", "ADAPT.MAX_ROUNDS=3", "ADAPT.PATIENCE=1",
+              "RUN.NUM_WORKERS=0")
 NOT_RUN = {
     "hla": "HLA for YuNet needs E(L)-brightened and D(H)-noised copies of the target images and "
            "the jigsaw/MoCo heads' data (tools/demo.py builds them for its synthetic set); not "
@@ -554,7 +575,7 @@ DEFAULT_METHODS = ("yunet_n", "yunet_n+gamma", "yunet_n+clahe", "yunet_n+lime", 
 
 def run_row(ctx: Context, method: Method, level: Level) -> list[np.ndarray]:
     """The row's detections on the level's photos, from the cache when its key matches."""
-    key = {"method": method.key(ctx, level), "level": level_key(ctx.records, level)}
+    key = {"method": method.key(ctx, level), "level": level_key(ctx.records, level, ctx.out)}
     path = ctx.out / "cache" / method.name.replace("+", "_") / f"{level.name}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -613,7 +634,9 @@ def notes(results: dict) -> list[str]:
     out = []
     for name, res in results.items():
         why = res.get("unavailable") or res.get("failed")
-        out.append(f"- `{name}`: {res['about']}" + (f" -- NOT RUN: {why}" if why else ""))
+        skipped = sorted(set(res.get("skipped", {}).values()))
+        out.append(f"- `{name}`: {res['about']}" + (f" -- NOT RUN: {why}" if why else "")
+                   + "".join(f" ({s})" for s in skipped))
     return out
 
 
@@ -643,6 +666,9 @@ def evaluate_rows(ctx: Context, methods: Sequence[Method], levels: Sequence[Leve
             except Unavailable as exc:
                 res["unavailable"] = str(exc)
                 break
+            except Skipped as exc:
+                res.setdefault("skipped", {})[lv.name] = str(exc)
+                continue
             except RuntimeError as exc:          # a failed training run: report, go on
                 res["failed"] = str(exc).splitlines()[0]
                 print(str(exc), file=sys.stderr)
@@ -668,12 +694,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated levels")
     p.add_argument("--images", type=int, default=None, help="only the first N photos (smoke)")
     p.add_argument("--iou", type=float, default=IOU, help="IoU that recalls a face")
-    p.add_argument("--steps", type=int, default=60, help="steps of every trained row")
-    p.add_argument("--train-size", type=int, default=320, help="YuNet training input")
+    p.add_argument("--steps", type=int, default=50, help="steps of every trained row")
+    p.add_argument("--train-size", type=int, default=256, help="YuNet training input")
+    p.add_argument("--lr", type=float, default=0.002,
+                   help="learning rate of every trained row (configs/finetune_yunet.yaml's)")
+    p.add_argument("--adapt-levels", default="L4,L5",
+                   help="levels at which the adapt row runs (one adaptation per level)")
     p.add_argument("--el-weights", type=Path, default=None,
                    help="E(L) weights for yunet_n+el (trained on camera-model night copies)")
-    p.add_argument("--adapt-args", nargs=argparse.REMAINDER, default=[],
-                   help="extra arguments of tools/adapt_to_night.py (last on the line)")
+    p.add_argument("--adapt-args", nargs=argparse.REMAINDER, default=list(ADAPT_ARGS),
+                   help="arguments of tools/adapt_to_night.py after --weights, --model, "
+                        "--images, --out (last on the line; default: "
+                        f"{' '.join(ADAPT_ARGS)})")
     p.add_argument("--dlib-faces", type=Path, default=SHARED / "dlib_faces")
     p.add_argument("--yunet-dir", type=Path, default=SHARED / "yunet")
     p.add_argument("--plot-levels", default=None,
