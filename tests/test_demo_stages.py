@@ -113,13 +113,13 @@ def test_stage_clock_counts_child_processes_not_other_threads():
     t.start()
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
     try:
-        stage = Stage("child", "child", lambda: demo_runner.run_process([sys.executable, "-c",
-                                                                         burn]))
+        stage = Stage("child", "child", lambda: (demo_runner.run_process(
+            [sys.executable, "-c", burn]), demo_runner.last_cpu()))
         run_stages([stage], jobs=1, report=lambda s: None)
     finally:
         spin.set()
         t.join()
-    assert stage.result == 0
+    assert stage.result[0] == 0 and stage.result[1] == pytest.approx(stage.clock.child_cpu)
     assert 0.35 <= stage.clock.child_cpu and stage.clock.cpu >= stage.clock.child_cpu
     assert stage.clock.cpu - stage.clock.child_cpu < 0.3        # the spinning thread is not in
     table = demo_runner.stage_table([stage], 1.0, stage.clock.cpu, 2)

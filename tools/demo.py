@@ -82,8 +82,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tools import demo_real  # noqa: E402
-from utils.stages import (Stage, is_done, keyed_dir, mark_done, process_cpu,  # noqa: E402
-                          python, run_process, run_stages, stage_table)
+from utils.stages import (Stage, is_done, keyed_dir, last_cpu, mark_done,  # noqa: E402
+                          process_cpu, python, run_process, run_stages, stage_table)
 
 SIZE = 256          # DSFD training images are resized to SIZE x SIZE
 WIDTH = 0.125       # DSFD channel multiplier
@@ -190,8 +190,8 @@ class Demo:
             if product and not (folder / product).exists():
                 raise SystemExit(f"{script} ended without writing {folder / product}; log {log}")
             mark_done(folder, [script, argv])
-            print(f"    {name}: {script} done in {time.perf_counter() - start:.0f} s "
-                  f"(log {log})", flush=True)
+            print(f"    {name}: {script} done in {time.perf_counter() - start:.0f} s wall, "
+                  f"{last_cpu():.0f} s CPU (log {log})", flush=True)
         else:
             print(f"    {name}: cached in {folder}", flush=True)
         return folder / product if product else folder

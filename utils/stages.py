@@ -82,7 +82,8 @@ _CLOCK = threading.local()      # the clock of the stage that the current thread
 def run_process(argv: Sequence[str], log: Path | None = None, env: Mapping[str, str] | None = None,
                 cwd: Path | None = None) -> int:
     """Run ``argv`` to its end (output appended to ``log``, else to this terminal); its CPU time
-    (children included) is added to the current stage's clock. Returns the exit code."""
+    (children included) is added to the current stage's clock and kept in ``last_cpu()``.
+    Returns the exit code."""
     out = open(log, "a") if log is not None else None
     try:
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT if out else None,
@@ -92,10 +93,16 @@ def run_process(argv: Sequence[str], log: Path | None = None, env: Mapping[str, 
     finally:
         if out is not None:
             out.close()
+    _CLOCK.last_cpu = _cpu(usage)
     clock = getattr(_CLOCK, "clock", None)
     if clock is not None:
         clock.add_child(_cpu(usage))
     return proc.returncode
+
+
+def last_cpu() -> float:
+    """CPU seconds of the last process that :func:`run_process` ran in this thread."""
+    return getattr(_CLOCK, "last_cpu", 0.0)
 
 
 # ---- stages and the scheduler -----------------------------------------------------------------
