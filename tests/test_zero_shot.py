@@ -139,3 +139,13 @@ def test_yunet_zero_shot_runs_and_resumes_exactly(data, tmp_path):
         assert torch.equal(v, b[k]), k
     assert [r["loss"] for r in rows] == [r["loss"] for r in _metrics(tmp_path / "resumed")]
 
+
+
+@pytest.mark.parametrize("name", ["retinaface_mnet", "dsfd_vgg"])
+def test_the_preset_trains_the_other_families(name, data, tmp_path):
+    torch.set_num_threads(1)
+    size = {"retinaface_mnet": {"RETINAFACE.IMAGE_SIZE": 64}, "dsfd_vgg": {}}[name]
+    assert train.main(_overrides(data, tmp_path, **{"MODEL.NAME": name, "SOLVER.MAX_STEPS": 1,
+                                                    "SOLVER.LR": 1e-4}, **size)) == 0
+    row = _metrics(tmp_path / "run")[0]
+    assert math.isfinite(row["loss"]) and row["zs_consistency"] > 0, row
