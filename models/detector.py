@@ -68,6 +68,8 @@ class InputSpec:
 
     def to_input(self, images: Tensor, memory_format=torch.contiguous_format) -> Tensor:
         """``[N, H, W, 3]`` uint8 RGB (on the target device) -> ``[N, 3, H', W']`` float32."""
+        if memory_format == torch.channels_last:
+            return self._to_input_nhwc(images)
         x = images.permute(0, 3, 1, 2).float()
         if self.channel_order == "BGR":
             x = x.flip(1)
@@ -76,6 +78,21 @@ class InputSpec:
         x = (x - mean) / std if any(s != 1 for s in self.std) else x - mean
         x = pad_to_multiple(x, self.size_divisor)
         return x.contiguous(memory_format=memory_format)
+
+    def _to_input_nhwc(self, images: Tensor) -> Tensor:
+        """The same values as :meth:`to_input`, computed in the images' own ``[N, H, W, 3]``
+        layout and returned as its channels_last view (no layout copy at the end)."""
+        x = images.float()
+        if self.channel_order == "BGR":
+            x = x.flip(-1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        x = (x - mean) / std if any(s != 1 for s in self.std) else x - mean
+        d = self.size_divisor
+        ph, pw = ((-x.shape[1]) % d, (-x.shape[2]) % d) if d > 1 else (0, 0)
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pw, 0, ph))
+        return x.permute(0, 3, 1, 2)
 
 
 def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
