@@ -5,29 +5,33 @@ of the same size. :func:`build_enhancer` makes one from a name of :data:`ENHANCE
 
 * ``none``: the input itself (the same array, untouched).
 * ``gamma``, ``clahe``, ``lime``: the classical baselines of ``data/enhance_baselines.py``
-  (fixed gamma 2.2; CLAHE on L*; LIME, slow: a sparse solve per image).
+  (fixed gamma 2.2; CLAHE on L* with clip 2 on 8x8 tiles; LIME, slow: a sparse solve per image).
 * ``el``: the HLA-Face illumination enhancer E(L) (``models/enhancement.py``); needs its weights
   (``--el-weights``).
-* ``curve``: the adaptive tone curve of ``auto`` alone (brightening, no denoising).
-* ``gamma_median``, ``gamma_bilateral``, ``gamma_guided``, ``gamma_nlm``: the fixed gamma, then a
-  denoiser whose strength follows the noise measured on the brightened image (3x3 median;
-  bilateral; self-guided filter; OpenCV's non-local means, slow).
-* ``auto``: decides per image from its luma histogram and a noise estimate (:func:`decide`):
-  an image whose mean luma is at least :attr:`AutoRule.pass_mean` is returned unchanged (the
-  same array); a darker one gets the tone curve :func:`tone_curve` whose strength brings its
-  mean luma to :attr:`AutoRule.target_mean`, and, when the noise measured on the brightened
-  image exceeds :attr:`AutoRule.denoise_sigma`, the denoiser :attr:`AutoRule.denoiser` at that
-  strength. Its statistics cost a histogram and one 3x3 filter (bench/bench_enhance.py).
+* ``<brightener>_<denoiser>`` for brightener ``gamma`` or ``clahe`` and denoiser ``gauss``
+  (Gaussian, sigma 1 px), ``median`` (3x3), ``bilateral`` or ``nlm`` (OpenCV's non-local means,
+  slow), the last two at a strength set by the noise measured on the image
+  (:func:`estimate_noise`): denoise the dark image first, then brighten it (denoising after
+  the brightening, which amplifies the noise, measured worse).
+* ``auto``: decides per image from its mean luma and its noise (:func:`decide`, thresholds in
+  :class:`AutoRule`). Unchanged (the same array): an image at least as bright as ``pass_mean``,
+  or a dim but clean one (mean at least ``clean_mean``, noise below ``noise_min``). Otherwise
+  CLAHE on L* (``clahe_clip`` on ``clahe_grid`` tiles, ``dim_clahe_clip`` when the mean is
+  below ``dim_mean``), after a Gaussian blur when the image is
+  noisy (noise at least ``noise_min``: ``blur_sigma``) or so dark that its 8-bit steps hide the
+  noise (mean below ``dark_mean``: ``dark_blur_sigma``). Its statistics cost one luma
+  conversion, a mean and one 3x3 filter (bench/bench_night_mode.py).
 
-The tone curve is ``y = 255 * log(1 + a x / 255) / log(1 + a)`` (``a`` >= 0; ``a = 0`` is the
-identity): unlike a gamma curve its slope at black is finite (``a / log(1 + a)``), so the lowest
-grey levels, where 8-bit night images keep their content and their quantisation noise, are
-lifted by a bounded gain instead of being torn apart (gamma 2.2 maps level 1 to 21).
+Why CLAHE and a blur, not a global curve: on night copies made by the camera model
+(``data/camera.py``) of photos other than the benchmark's (bench/night_mode_tuning.py), a
+global gamma or log curve that lifts the mean lowers the released YuNet_n's AP (it amplifies
+the noise and the 8-bit steps of the darkest levels everywhere), CLAHE's clipped local gain
+helps, and removing the fine-grained noise before it helps most (docs/NIGHT.md).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -37,9 +41,10 @@ from data import enhance_baselines as baselines
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
 
-ENHANCE_CHOICES = ("none", "auto", "gamma", "clahe", "lime", "el", "curve", "gamma_median",
-                   "gamma_bilateral", "gamma_guided", "gamma_nlm")
-DENOISERS = ("median", "bilateral", "guided", "nlm")
+DENOISERS = ("gauss", "median", "bilateral", "nlm")
+BRIGHTENERS = ("gamma", "clahe")
+ENHANCE_CHOICES = ("none", "auto", "gamma", "clahe", "lime", "el",
+                   *(f"{b}_{d}" for b in BRIGHTENERS for d in DENOISERS))
 IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)   # sum of squares 36
 MAD_TO_STD = 1.4826                  # std of a Gaussian = 1.4826 * its median absolute deviation
 
@@ -47,25 +52,29 @@ MAD_TO_STD = 1.4826                  # std of a Gaussian = 1.4826 * its median a
 @dataclass(frozen=True)
 class AutoRule:
     """The thresholds of ``auto`` (luma and noise in 8-bit grey levels)."""
-    pass_mean: float = 80.0        # mean luma >= this: returned unchanged
-    target_mean: float = 100.0     # the tone curve brings the mean luma to this
-    max_strength: float = 400.0    # upper bound of the curve's ``a`` (slope at black ~ 67)
-    denoise_sigma: float = 4.0     # denoise when the brightened image's noise exceeds this
-    denoiser: str = "bilateral"    # one of DENOISERS
-    denoise_gain: float = 1.0      # the denoiser's strength = gain * measured noise
+    pass_mean: float = 100.0       # mean luma >= this: unchanged
+    noise_min: float = 2.0         # noise below this (and mean >= dark_mean): no blur, and ...
+    clean_mean: float = 25.0       # ... with a mean >= this, unchanged (a dim, clean photo)
+    dark_mean: float = 8.0         # below this the 8-bit steps hide the noise: always blurred
+    blur_sigma: float = 1.0        # Gaussian denoising before CLAHE, px
+    dark_blur_sigma: float = 1.5   # the same below dark_mean
+    dim_mean: float = 20.0         # below this CLAHE clips at dim_clahe_clip
+    clahe_clip: float = 2.0        # cv2 clipLimit
+    dim_clahe_clip: float = 3.0
+    clahe_grid: int = 8            # cv2 tileGridSize
 
 
 @dataclass(frozen=True)
 class Decision:
     """What ``auto`` does to one image (for logs, tests and docs/NIGHT.md)."""
     mean: float                    # mean luma of the input
-    strength: float                # the tone curve's ``a`` (0: no brightening)
-    noise: float                   # noise std measured on the brightened image, grey levels
-    denoise: bool
+    noise: float                   # its noise std (:func:`estimate_noise`), grey levels
+    enhance: bool                  # False: the image is returned unchanged
+    blur: float                    # Gaussian sigma before CLAHE, px (0: no blur)
 
     @property
     def passthrough(self) -> bool:
-        return self.strength == 0.0
+        return not self.enhance
 
 
 def check_bgr(image: np.ndarray) -> None:
@@ -79,11 +88,6 @@ def check_bgr(image: np.ndarray) -> None:
 def luma(bgr: np.ndarray) -> np.ndarray:
     """HxW uint8 luma (ITU-R BT.601 weights, as cv2's BGR2GRAY)."""
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-
-
-def histogram(gray: np.ndarray) -> np.ndarray:
-    """256 counts of a uint8 image."""
-    return np.bincount(gray.ravel(), minlength=256).astype(np.float64)
 
 
 def estimate_noise(gray: np.ndarray) -> float:
@@ -104,107 +108,62 @@ def estimate_noise(gray: np.ndarray) -> float:
     return float(MAD_TO_STD * np.median(live) / 6.0)
 
 
-def tone_lut(strength: float) -> np.ndarray:
-    """The 256-entry uint8 table of ``y = 255 log(1 + a x/255) / log(1 + a)``, ``a`` = strength."""
-    x = np.arange(256, dtype=np.float64) / 255.0
-    if strength <= 0:
-        return np.arange(256, dtype=np.uint8)
-    y = np.log1p(strength * x) / np.log1p(strength)
-    return np.round(255.0 * y).astype(np.uint8)
+def clahe_bgr(bgr: np.ndarray, clip: float = baselines.CLAHE_CLIP,
+              grid: int = baselines.CLAHE_GRID) -> np.ndarray:
+    """``data/enhance_baselines.clahe`` (CLAHE on L*) for a BGR image."""
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(baselines.clahe(rgb, clip, grid), cv2.COLOR_RGB2BGR)
 
 
-def curve_strength(hist: np.ndarray, target_mean: float, max_strength: float) -> float:
-    """The smallest curve strength that brings the mean of ``hist`` to ``target_mean`` (bisection
-    on log a; ``max_strength`` when even that falls short; 0 when already there)."""
-    n = hist.sum()
-    levels = np.arange(256, dtype=np.float64) / 255.0
-
-    def mean_after(a: float) -> float:
-        return 255.0 * float(hist @ (np.log1p(a * levels) / np.log1p(a))) / n
-
-    if 255.0 * float(hist @ levels) / n >= target_mean:
-        return 0.0
-    if mean_after(max_strength) <= target_mean:
-        return float(max_strength)
-    lo, hi = np.log(1e-3), np.log(max_strength)
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if mean_after(float(np.exp(mid))) < target_mean else (lo, mid)
-    return float(np.exp(hi))
-
-
-def tone_curve(bgr: np.ndarray, strength: float) -> np.ndarray:
-    """Apply the tone curve of ``strength`` to every channel."""
-    return cv2.LUT(bgr, tone_lut(strength))
-
-
-# ---- denoisers (on the brightened image; sigma = its measured noise std, grey levels) ------
-
-def _guided_self(bgr: np.ndarray, sigma: float, radius: int = 2) -> np.ndarray:
-    """He et al.'s guided filter with each channel as its own guide: box means of I and I^2,
-    ``a = var / (var + eps)``, ``q = mean(a) I + mean(b)``, ``eps = (2 sigma)^2``; flat regions
-    (variance ~ noise) are smoothed, edges (variance >> eps) kept."""
-    x = bgr.astype(np.float32)
-    k = (2 * radius + 1, 2 * radius + 1)
-    mean = cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)
-    var = cv2.boxFilter(x * x, -1, k, borderType=cv2.BORDER_REFLECT) - mean * mean
-    a = var / (var + max(2.0 * sigma, 0.5) ** 2)
-    b = mean - a * mean
-    q = cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT) * x \
-        + cv2.boxFilter(b, -1, k, borderType=cv2.BORDER_REFLECT)
-    return np.clip(q + 0.5, 0, 255).astype(np.uint8)
-
-
-def denoise(bgr: np.ndarray, sigma: float, method: str) -> np.ndarray:
-    """Remove noise of std ``sigma`` (grey levels) with one of :data:`DENOISERS`."""
-    if sigma <= 0:
-        return bgr
+def denoise(bgr: np.ndarray, method: str, sigma: float = 1.0) -> np.ndarray:
+    """One of :data:`DENOISERS`; ``sigma``: the Gaussian's sigma (px) for ``gauss``, the noise
+    std (grey levels) that sets ``bilateral``'s and ``nlm``'s strength."""
+    if method == "gauss":
+        return cv2.GaussianBlur(bgr, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     if method == "median":
-        return cv2.medianBlur(bgr, 3 if sigma < 12 else 5)
+        return cv2.medianBlur(bgr, 3)
     if method == "bilateral":
-        return cv2.bilateralFilter(bgr, 5, 3.0 * sigma, 2.0)
-    if method == "guided":
-        return _guided_self(bgr, sigma)
+        return cv2.bilateralFilter(bgr, 5, max(3.0 * sigma, 2.0), 2.0)
     if method == "nlm":
-        h = float(1.2 * sigma)
+        h = max(1.2 * sigma, 1.0)
         return cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 5, 15)
     raise ValueError(f"unknown denoiser {method!r}; one of {', '.join(DENOISERS)}")
 
 
 # ---- auto ----------------------------------------------------------------------------------
 
-def decide(bgr: np.ndarray, rule: AutoRule = AutoRule()) -> tuple[Decision, np.ndarray | None]:
-    """``auto``'s decision for one image and the brightened image (None when passed through)."""
+def decide(bgr: np.ndarray, rule: AutoRule = AutoRule()) -> Decision:
+    """``auto``'s decision for one image (see the module doc)."""
     check_bgr(bgr)
     gray = luma(bgr)
-    hist = histogram(gray)
-    mean = float(hist @ np.arange(256) / hist.sum())
+    mean = float(gray.mean())
     if mean >= rule.pass_mean:
-        return Decision(mean, 0.0, 0.0, False), None
-    strength = curve_strength(hist, rule.target_mean, rule.max_strength)
-    if strength == 0.0:
-        return Decision(mean, 0.0, 0.0, False), None
-    lut = tone_lut(strength)
-    bright = cv2.LUT(bgr, lut)
-    noise = estimate_noise(cv2.LUT(gray, lut))
-    return Decision(mean, strength, noise, noise > rule.denoise_sigma), bright
+        return Decision(mean, 0.0, False, 0.0)      # bright: no noise estimate needed
+    noise = estimate_noise(gray)
+    if mean >= rule.dark_mean and noise < rule.noise_min:
+        return Decision(mean, noise, mean < rule.clean_mean, 0.0)
+    return Decision(mean, noise, True, rule.dark_blur_sigma if mean < rule.dark_mean
+                    else rule.blur_sigma)
 
 
 def auto_enhance(bgr: np.ndarray, rule: AutoRule = AutoRule()) -> np.ndarray:
-    """Night mode ``auto``: the input itself when bright enough, else brightened (and
-    denoised when noisy); see the module doc."""
-    d, bright = decide(bgr, rule)
-    if bright is None:
+    """Night mode ``auto``: the input itself when bright or clean enough, else blurred and
+    CLAHE-enhanced; see the module doc."""
+    d = decide(bgr, rule)
+    if d.passthrough:
         return bgr
-    if d.denoise:
-        return denoise(bright, rule.denoise_gain * d.noise, rule.denoiser)
-    return bright
+    x = denoise(bgr, "gauss", d.blur) if d.blur > 0 else bgr
+    clip = rule.dim_clahe_clip if d.mean < rule.dim_mean else rule.clahe_clip
+    return clahe_bgr(x, clip, rule.clahe_grid)
 
 
-def _gamma_then(method: str) -> Enhancer:
+def _denoise_then(brightener: str, method: str) -> Enhancer:
+    """Denoise the dark image with ``method``, then brighten it with ``brightener``."""
+    bright = baselines.gamma_correct if brightener == "gamma" else clahe_bgr
+
     def run(bgr: np.ndarray) -> np.ndarray:
-        bright = baselines.gamma_correct(bgr)              # a per-channel table: order-free
-        return denoise(bright, estimate_noise(luma(bright)), method)
+        sigma = 1.0 if method == "gauss" else estimate_noise(luma(bgr))
+        return bright(denoise(bgr, method, sigma))
     return run
 
 
@@ -239,19 +198,15 @@ def build_enhancer(name: str, el_weights=None, device="cpu",
     ``el_weights``/``device``: E(L)'s weights and where it runs; ``rule``: ``auto``'s
     thresholds (default :class:`AutoRule`)."""
     rule = rule or AutoRule()
-    if rule.denoiser not in DENOISERS:
-        raise ValueError(f"AutoRule.denoiser {rule.denoiser!r} is not one of "
-                         f"{', '.join(DENOISERS)}")
     if name == "el":
         return _checked(_el(el_weights, device))
     table: dict[str, Enhancer] = {
         "none": lambda bgr: bgr,
         "auto": lambda bgr: auto_enhance(bgr, rule),
-        "gamma": baselines.gamma_correct,
-        "clahe": _via_rgb(baselines.clahe),
+        "gamma": baselines.gamma_correct,              # a per-channel table: order-free
+        "clahe": clahe_bgr,
         "lime": _via_rgb(baselines.lime),
-        "curve": lambda bgr: auto_enhance(bgr, replace(rule, denoise_sigma=float("inf"))),
-        **{f"gamma_{m}": _gamma_then(m) for m in DENOISERS},
+        **{f"{b}_{d}": _denoise_then(b, d) for b in BRIGHTENERS for d in DENOISERS},
     }
     if name not in table:
         raise ValueError(f"--enhance {name!r} is not one of {', '.join(ENHANCE_CHOICES)}")
