@@ -7,8 +7,9 @@
 Graphs: ``tools/export_onnx.py``'s size-dynamic export (``DetectorEntry.export_onnx``) and its
 int8 copies by ``models.onnx_deploy.quantize_int8`` (the code behind ``--int8 --calib``), one
 per :data:`VARIANTS` entry: the default (per-channel int8 weights, min/max ranges), per-tensor
-weights, percentile ranges, the first convolution left in float, the detection heads left in
-float.
+weights, percentile ranges, and the default with the first convolution, the depthwise
+convolutions or the detection heads left in float, and percentile ranges with the first
+convolution in float.
 
 Calibration and scoring never share a photo (:func:`check_split` refuses an overlap):
 
@@ -69,6 +70,11 @@ def _first_conv(nodes) -> list[str]:
     return [next(n.name for n in nodes if n.op_type == "Conv")]
 
 
+def _depthwise(nodes) -> list[str]:
+    return [n.name for n in nodes if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def _heads(nodes) -> list[str]:
     return [n.name for n in nodes if any(m in n.name for m in HEAD_MARKERS)]
 
@@ -79,7 +85,9 @@ VARIANTS: dict[str, tuple[dict, Callable | None]] = {
     "int8 per-tensor": ({"per_channel": False}, None),
     "int8 percentile": ({"method": "percentile"}, None),
     "int8 first conv fp32": ({}, _first_conv),
+    "int8 depthwise fp32": ({}, _depthwise),
     "int8 heads fp32": ({}, _heads),
+    "int8 percentile first conv fp32": ({"method": "percentile"}, _first_conv),
 }
 
 
