@@ -9,7 +9,8 @@ parameter drawn per image from the preset's sampling table):
    inverse gamma (``x ** gamma``), the sRGB -> camera colour matrix (one of four calibrated
    XYZ -> camera matrices, or a random convex mix of them, times sRGB -> XYZ, rows normalised to
    sum 1), inverse white balance ``[1/red_gain, 1, 1/blue_gain] * rgb_gain``. ``rgb_gain`` is a
-   brightness factor the forward path never undoes (as in both references). With ``safe_invert``
+   brightness factor the forward path never undoes (as in both references); ``light_red`` /
+   ``light_blue`` tint the scene's light (the night lamps' colour). With ``safe_invert``
    the gains fade to 1 where the grey level exceeds 0.9, so saturated highlights stay white
    instead of turning into a dim colour; ``clip_linear`` then clips to the sensor's [0, 1].
 2. **Sensor**, in digital numbers (DN, ``white_level`` DN = full scale 1). Optional RGGB Bayer
@@ -26,8 +27,9 @@ parameter drawn per image from the preset's sampling table):
 3. **Process**: bilinear demosaic (when mosaicked), white balance ``[red_gain, 1, blue_gain]``
    (times a grey-world correction of strength ``awb``), the inverse colour matrix, a black point
    ``black_offset`` (in sensor DN) subtracted from every channel (the ISP's shadow crush that
-   makes half of a night frame exactly 0), gamma ``x ** (1 / gamma)`` (values below 1e-8 lifted to 1e-8), the
-   tone curve (``apply_tone``), and 8-bit quantisation with clipping (``quantize_output``).
+   makes half of a night frame exactly 0), gamma ``x ** (1 / gamma)`` (values below 1e-8 lifted
+   to 1e-8), the tone curve (``apply_tone``), and 8-bit quantisation with clipping
+   (``quantize_output``).
 
 Presets (:data:`PRESETS`; each entry a fixed value or a sampling spec, see :func:`draw_params`):
 
@@ -44,7 +46,13 @@ Presets (:data:`PRESETS`; each entry a fixed value or a sampling spec, see :func
 - ``darkface``: calibrated so that daylight photos come out with the statistics of a real DARK
   FACE frame (mean luma 2-6/255, 35-60% zeros, 99th percentile 25-60, flat patches of mean
   8-14 with std about 3.4-4.2); ``bench/calibrate_darkface.py`` prints them, docs/NIGHT.md has
-  the calibration.
+  the calibration. Unprocessing as Brooks et al. (gamma 2.2, mixed matrices, safe inversion),
+  RGGB mosaic, 8-16 % of the light (exposure log-uniform on [0.08, 0.16], times ``rgb_gain``
+  about 0.8), Poisson shot noise with a high-ISO system gain (5-12 DN per electron on
+  a 12-bit scale), Gaussian read and row noise, and a black point of 55-95 DN: the black point
+  and the tone curve's toe crush the shadows to exact zeros, as in the frame. The light's colour
+  (red x0.65-0.85, blue x0.8-1.0) matches the frame's channel means on the calibration photos
+  (which are warm indoor shots).
 - ``eld``: the physics of ELD (Wei et al., CVPR 2020) with the calibration released for the
   Sony A7S2 (system gain log-uniform over the camera's range, Tukey-lambda read noise and row
   noise whose log scales are linear in log system gain, 14 bits, exposure ratio 100-300), then
@@ -79,9 +87,8 @@ XYZ2CAMS = torch.tensor([[[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469]
 # Parameters drawn per image, in drawing order (a 'loglinear' spec may only refer to an
 # earlier one). Switches and choices are the same for the whole batch.
 NUMERIC = ("gamma", "red_gain", "blue_gain", "rgb_gain", "light_red", "light_blue", "exposure",
-           "white_level",
-           "system_gain", "read_noise", "tukey_lambda", "row_noise", "black_level_error",
-           "black_offset", "bits", "digital_gain", "awb")
+           "white_level", "system_gain", "read_noise", "tukey_lambda", "row_noise",
+           "black_level_error", "black_offset", "bits", "digital_gain", "awb")
 SWITCHES = ("invert_tone", "apply_tone", "safe_invert", "clip_linear", "mosaic", "clip_raw",
             "quantize_output")
 CHOICES = {"ccm": ("identity", "choice", "mix"), "shot_dist": ("poisson", "gaussian"),
@@ -336,21 +343,52 @@ def to_linear(x: torch.Tensor, p: Mapping[str, Any],
     return torch.stack([torch.take(table[b], levels[b].long()) for b in range(len(x))])
 
 
+# RGGB sites: (row offset, column offset, colour channel)
+BAYER_SITES = ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 2))
+
+
+def _dot(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per image ``m`` ``[B, 3]`` dotted with the channels of ``x`` ``[B, 3, h, w]``: [B, h, w]."""
+    m = m.to(x.dtype).view(-1, 3, 1, 1)
+    return (x[:, 0] * m[:, 0]).add_(x[:, 1] * m[:, 1]).add_(x[:, 2] * m[:, 2])
+
+
+def _safe_factor(gray: torch.Tensor, gains: torch.Tensor) -> torch.Tensor | None:
+    """Highlight-safe inversion: the factor that fades ``gains`` to 1 where the grey level
+    exceeds 0.9 (None when no pixel does). ``gray`` and ``gains`` broadcast together."""
+    if not bool((gray > 0.9).any()):
+        return None
+    mask = ((gray - 0.9).clamp_min(0.0) / 0.1) ** 2
+    return torch.maximum(mask + (1.0 - mask) * gains, gains) / gains
+
+
 def unprocess(x: torch.Tensor, p: Mapping[str, Any],
-              levels: torch.Tensor | None = None) -> torch.Tensor:
+              levels: torch.Tensor | None = None, bayer: bool = False) -> torch.Tensor:
     """sRGB ``[B, 3, H, W]`` in [0, 1] -> linear camera RGB before white balance, lit by the
-    night light's colour (``light_red`` / ``light_blue``)."""
+    night light's colour (``light_red`` / ``light_blue``); with ``bayer`` directly its RGGB
+    plane ``[B, 1, H, W]`` (the same values as :func:`mosaic` of the full result, computed
+    only where the mosaic keeps them)."""
     lin = to_linear(x, p, levels)
     gains = p["rgb_gain"] / _wb_gains(p)                                   # [B, 3, 1, 1]
     light = torch.cat([p["light_red"], torch.ones_like(p["light_red"]), p["light_blue"]], 1)
     ccm = p["rgb2cam"].to(x.dtype)
-    x = _apply_ccm(lin, ccm * (gains * light).view(-1, 3, 1))            # diag(g) @ rgb2cam
-    if p["safe_invert"]:
-        gray = torch.einsum("bk,bkhw->bhw", ccm.mean(1), lin).unsqueeze(1)     # [B, 1, H, W]
-        if bool((gray > 0.9).any()):        # fade the gains to 1 above grey 0.9 (highlights)
-            mask = ((gray - 0.9).clamp_min(0.0) / 0.1) ** 2
-            safe = torch.maximum(mask + (1.0 - mask) * gains, gains)
-            x = x * (safe / gains)
+    matrix = ccm * (gains * light).view(-1, 3, 1)                          # diag(g) @ rgb2cam
+    if bayer:
+        out = torch.empty(lin.shape[0], 1, *lin.shape[2:], dtype=lin.dtype)
+        for dy, dx, c in BAYER_SITES:
+            sub = lin[:, :, dy::2, dx::2]
+            val = _dot(matrix[:, c], sub)
+            if p["safe_invert"]:
+                factor = _safe_factor(_dot(ccm.mean(1), sub), gains[:, c].view(-1, 1, 1))
+                val = val if factor is None else val * factor
+            out[:, 0, dy::2, dx::2] = val
+        x = out
+    else:
+        x = _apply_ccm(lin, matrix)
+        if p["safe_invert"]:
+            factor = _safe_factor(torch.einsum("bk,bkhw->bhw", ccm.mean(1), lin).unsqueeze(1),
+                                  gains)
+            x = x if factor is None else x * factor
     return x.clamp_(0.0, 1.0) if p["clip_linear"] else x
 
 
@@ -492,7 +530,8 @@ def darken(images: torch.Tensor, preset: str = "darkface",
     single = images.dim() == 3
     x = images.unsqueeze(0) if single else images
     if x.dim() != 4 or x.shape[1] != 3:
-        raise CameraError(f"darken expects [B, 3, H, W] or [3, H, W] RGB, got {tuple(images.shape)}")
+        raise CameraError(f"darken expects [B, 3, H, W] or [3, H, W] RGB, got "
+                          f"{tuple(images.shape)}")
     if x.device.type != "cpu":
         raise CameraError("darken runs on the CPU (torch generators); move the batch to cpu")
     table = resolve(preset, overrides)
@@ -515,8 +554,7 @@ def simulate(x: torch.Tensor, p: Mapping[str, Any], generators: Sequence[torch.G
              levels: torch.Tensor | None = None) -> torch.Tensor:
     """The whole camera for drawn parameters ``p`` (from :func:`stack_params`); ``levels``: the
     images as 0-255 integers when they are 8-bit (see :func:`to_linear`)."""
-    lin = unprocess(x, p, levels)
-    raw = mosaic(lin) if p["mosaic"] else lin
+    raw = unprocess(x, p, levels, bayer=bool(p["mosaic"]))
     raw = sensor(raw, p, generators)
     lin = demosaic(raw) if p["mosaic"] else raw
     return process(lin, p)

@@ -68,8 +68,8 @@ def test_noise_variance_on_flat_patches_is_shot_times_x_plus_read(shot_dist, rea
     if read_dist == "gaussian":
         read_var = sigma ** 2
     else:                       # variance of the Tukey-lambda distribution with scale sigma
-        read_var = sigma ** 2 * 2 / lam ** 2 * (1 / (1 + 2 * lam)
-                                                - math.gamma(lam + 1) ** 2 / math.gamma(2 * lam + 2))
+        tail = math.gamma(lam + 1) ** 2 / math.gamma(2 * lam + 2)
+        read_var = sigma ** 2 * 2 / lam ** 2 * (1 / (1 + 2 * lam) - tail)
     expected = (k / white) * levels + read_var / white ** 2
     measured = out.reshape(4, -1).var(1)
     assert torch.allclose(measured, expected, rtol=0.05), (measured, expected)
@@ -216,3 +216,14 @@ def test_presets_on_real_photos(shared_data):
     assert t["p99"][0] <= np.percentile(y, 99) <= t["p99"][1]
     assert len(flat) >= 100 and t["flat_std"][0] <= flat.mean() <= t["flat_std"][1]
     assert 25 <= np.mean(dainet) <= 45
+
+
+def test_bayer_unprocess_equals_mosaic_of_the_full_image():
+    x = _images(2, 14, 10)
+    x[0, :, :4] = 1.0                                         # highlights: safe inversion on
+    p, _ = _params(n=2)
+    full = camera.unprocess(x, p)
+    assert torch.allclose(camera.unprocess(x, p, bayer=True), camera.mosaic(full), atol=1e-6)
+    levels = torch.round(x * 255).to(torch.uint8)
+    x8 = levels.float() / 255
+    assert torch.allclose(camera.unprocess(x8, p, levels), camera.unprocess(x8, p), atol=1e-6)
