@@ -283,9 +283,9 @@ def write_fine_tune_set(out: Path, yunet_n: Path, copies: int = 3) -> FineTuneSe
     if stamp.is_file() and json.loads(stamp.read_text())["recipe"] == recipe:
         return FineTuneSet(root, root / "train.txt", root / "night",
                            json.loads(stamp.read_text())["content"])
+    fts = FineTuneSet(root, root / "train.txt", root / "night", {})
     (root / "images").mkdir(parents=True, exist_ok=True)
     fts.night.mkdir(parents=True, exist_ok=True)
-    fts = FineTuneSet(root, root / "train.txt", root / "night", {})
     detect = released_detector("yunet_n", yunet_n)
     records = []
     for i, (name, rgb) in enumerate(photos.items()):
