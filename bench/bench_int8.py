@@ -30,7 +30,9 @@ random weights, so its rows give the latency only (AP "n/a").
 Latency: ``session.run`` of the network alone (no pre- or post-processing), 1 intra-op thread,
 on the astronaut scaled to S x S; every graph runs about ``--seconds`` per round, rounds
 interleaved; the table gives the best round and the median over rounds of the per-round
-fp32/int8 time ratio (which cancels most of a shared machine's drift). ``--profile`` adds
+fp32/int8 time ratio (which cancels most of a shared machine's drift), for the wall time and
+for the thread CPU time of the runs (onnxruntime runs a 1-thread session on the calling
+thread: the CPU time leaves out the time other jobs hold the core, not their cache traffic). ``--profile`` adds
 onnxruntime's per-operator times at the largest size. CPU timings on a shared machine are noisy.
 """
 from __future__ import annotations
@@ -221,22 +223,28 @@ def write_graphs(cfg, net, calibration: Sequence[Path], variants: Sequence[str],
 # ---- latency -------------------------------------------------------------------------------------
 
 def latency(graphs: dict[str, Path], feeds: dict, rounds: int, seconds: float) -> dict:
-    """Per graph: best round (ms) and the median of the per-round fp32/graph time ratio."""
+    """Per graph: (best-round wall ms, median per-round fp32/graph wall ratio, median CPU ms,
+    median per-round fp32/graph CPU ratio). With one intra-op thread onnxruntime runs on the
+    calling thread, so its thread CPU time leaves out the time other jobs hold the core."""
     sessions = {k: session(p, threads=1) for k, p in graphs.items()}
     for s in sessions.values():
         for _ in range(3):
             s.run(None, feeds)
-    best = {k: [] for k in sessions}
+    wall = {k: [] for k in sessions}
+    cpu = {k: [] for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
-            times, start = [], time.perf_counter()
+            walls, cpus, start = [], [], time.perf_counter()
             while time.perf_counter() - start < seconds:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 s.run(None, feeds)
-                times.append(time.perf_counter() - t)
-            best[k].append(min(times))
-    return {k: (1000 * min(v), statistics.median(f / t for f, t in zip(best["fp32"], v)))
-            for k, v in best.items()}
+                cpus.append(time.thread_time() - c)
+                walls.append(time.perf_counter() - t)
+            wall[k].append(min(walls))
+            cpu[k].append(statistics.median(cpus))
+    ratio = lambda d, k: statistics.median(f / t for f, t in zip(d["fp32"], d[k]))  # noqa: E731
+    return {k: (1000 * min(wall[k]), ratio(wall, k), 1000 * statistics.median(cpu[k]),
+                ratio(cpu, k)) for k in sessions}
 
 
 def conv_kinds(fp32: Path) -> dict[str, str]:
@@ -329,11 +337,11 @@ def bench_model(name: str, args, calibration: Sequence[Path], records, levels, o
             ap[level] = {k: average_precision(records, detections(p, cfg, images), args.iou)
                          for k, p in graphs.items()}
     header = ["graph", *[f"{s}² ms" for s in args.sizes], *[f"x{s}²" for s in args.sizes],
+              *[f"{s}² cpu ms" for s in args.sizes], *[f"cpu x{s}²" for s in args.sizes],
               *[f"AP {lv}" for lv, _ in levels]]
     rows = []
     for k in graphs:
-        cells = [f"{speed[s][k][0]:.2f}" for s in args.sizes]
-        cells += [f"{speed[s][k][1]:.2f}" for s in args.sizes]
+        cells = [f"{speed[s][k][i]:.2f}" for i in range(4) for s in args.sizes]
         for lv, _ in levels:
             if not trained:
                 cells.append("n/a")
@@ -342,8 +350,9 @@ def bench_model(name: str, args, calibration: Sequence[Path], records, levels, o
             else:
                 cells.append(f"{ap[lv][k]:.4f} ({ap[lv][k] - ap[lv]['fp32']:+.4f})")
         rows.append([k, *cells])
-    print(f"\n{name}: network latency (1 thread; x = fp32 time / graph time, median of "
-          f"{args.rounds} interleaved rounds) and AP at IoU {args.iou} on {len(records)} dlib "
+    print(f"\n{name}: network latency (1 thread; ms: best round's fastest run, cpu ms: median "
+          f"thread CPU time of a run; x = fp32 time / graph time, median of {args.rounds} "
+          f"interleaved rounds) and AP at IoU {args.iou} on {len(records)} dlib "
           f"photos ({sum(len(r.boxes) for r in records)} faces), (change vs fp32)")
     print_table(header, rows)
     if args.profile:
