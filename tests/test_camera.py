@@ -227,3 +227,26 @@ def test_bayer_unprocess_equals_mosaic_of_the_full_image():
     levels = torch.round(x * 255).to(torch.uint8)
     x8 = levels.float() / 255
     assert torch.allclose(camera.unprocess(x8, p, levels), camera.unprocess(x8, p), atol=1e-6)
+
+
+def test_darken_tool_on_a_folder_and_its_errors(tmp_path, capsys):
+    import cv2
+    from tools import darken as tool
+    src = tmp_path / "day"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "sub/b.jpg"):
+        cv2.imwrite(str(src / name), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    assert tool.main(["--preset", "darkface", "--seed", "5", "--set", "exposure=0.1", str(src),
+                      str(tmp_path / "night")]) == 0
+    for k, (name, out) in enumerate((("a.png", "a.png"), ("sub/b.jpg", "sub/b.png"))):
+        day, night = cv2.imread(str(src / name)), cv2.imread(str(tmp_path / "night" / out))
+        assert np.array_equal(night, camera.darken_uint8(day, "darkface", seed=5 + k,  # sorted
+                                                         overrides={"exposure": 0.1}))
+    with pytest.raises(SystemExit):
+        tool.main(["--set", "exposur=0.1", str(src), str(tmp_path / "x")])
+    assert "'exposur'" in capsys.readouterr().err
+    (src / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit):
+        tool.main([str(src / "broken.png"), str(tmp_path / "x.png")])
+    assert "broken.png" in capsys.readouterr().err
