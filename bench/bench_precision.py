@@ -1,7 +1,7 @@
 """``--precision auto`` against ``fp32`` for the three detector families: speed and how many
 detections stay equal.
 
-    python bench/bench_precision.py [--rounds 3] [--shared-data ../shared/data]
+    python bench/bench_precision.py [--rounds 3] [--threads N] [--shared-data ../shared/data]
                                     [--dsfd-width 0.25] [--device cpu]
 
 Rows per family: ``fp32`` (the exact reference path), ``auto`` (what ``utils/precision.py``
@@ -129,7 +129,10 @@ def main(argv=None) -> None:
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--dsfd-width", type=float, default=0.25)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     photos = with_low_light(real_weights.photos(args.shared_data))
     print(f"torch {torch.__version__}, {device}, CPU {torch.backends.cpu.get_cpu_capability()}, "
