@@ -16,9 +16,9 @@ layout), plus ``fold_bn`` (inference only: BatchNorm folded into the convolution
   family.
 
 The CPU rule's "fast fp32" (``fp32-fast``: fp32 maths, channels_last, BatchNorm folded) gives the
-light detectors' detections equal to the reference path up to float rounding (about 1e-5 of a
-pixel), several times faster on a CPU; ``--precision fp32`` is the switch back to the exact
-bits.
+light detectors' detections equal to the reference path up to float rounding (under 1e-4 px on
+real photos), 1.4-1.8x faster at 1 thread and several times at 2 (bench/bench_fast_path.py);
+``--precision fp32`` is the switch back to the exact bits.
 
 This module imports nothing of the project (``utils/``); callers pass the family name
 (:func:`family_of` maps ``MODEL.NAME`` to it).
