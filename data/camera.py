@@ -520,7 +520,8 @@ def darken(images: torch.Tensor, preset: str = "darkface",
            seeds: Sequence[int] | None = None) -> torch.Tensor:
     """Night copies of ``images`` (float RGB in [0, 1], ``[B, 3, H, W]`` or ``[3, H, W]``): same
     shape and dtype, values in [0, 1] on 8-bit levels (unless ``quantize_output = 0``). uint8
-    images (0-255) are accepted too, and come back as uint8: the fast path for loaders.
+    images (0-255) are accepted too, and come back as uint8. Images on 8-bit levels (uint8, or
+    floats that are all exactly ``k / 255``) decode through a 256-entry table: the fast path.
 
     ``overrides`` maps parameter names to a fixed value, a (lo, hi) range or a spec (see
     :func:`resolve`). Image ``i`` draws everything from ``torch.Generator().manual_seed(seeds[i])``;
@@ -541,13 +542,23 @@ def darken(images: torch.Tensor, preset: str = "darkface",
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     p = stack_params([draw_params(table, g) for g in gens], dtype=work)
-    levels = x if x.dtype == torch.uint8 else None
-    out = simulate(x.to(work).div_(255.0) if levels is not None else x.to(work), p, gens, levels)
-    if levels is not None:
+    levels = x if x.dtype == torch.uint8 else _eight_bit_levels(x.to(work))
+    out = simulate(x.to(work).div_(255.0) if x.dtype == torch.uint8 else x.to(work), p, gens,
+                   levels)
+    if x.dtype == torch.uint8:
         out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
     else:
         out = out.to(images.dtype)
     return out[0] if single else out
+
+
+def _eight_bit_levels(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as 0-255 integers when every value is exactly ``k / 255`` (a decoded 8-bit image),
+    else None: such images take :func:`to_linear`'s table."""
+    levels = (x * 255.0).round_().clamp_(0.0, 255.0)
+    if not torch.equal(levels / 255.0, x):
+        return None
+    return levels.to(torch.uint8)
 
 
 def simulate(x: torch.Tensor, p: Mapping[str, Any], generators: Sequence[torch.Generator],

@@ -250,3 +250,14 @@ def test_darken_tool_on_a_folder_and_its_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([str(src / "broken.png"), str(tmp_path / "x.png")])
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_eight_bit_inputs_take_the_table_with_the_same_result():
+    levels = torch.randint(0, 256, (2, 3, 12, 10), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(2))
+    x = levels.float() / 255.0
+    assert torch.equal(camera._eight_bit_levels(x), levels)
+    assert camera._eight_bit_levels(x + 1e-4) is None
+    out8 = darken(levels, "darkface", seeds=[1, 2])
+    assert out8.dtype == torch.uint8
+    assert torch.equal(out8, torch.round(darken(x, "darkface", seeds=[1, 2]) * 255).byte())
