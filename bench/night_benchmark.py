@@ -314,9 +314,12 @@ Detect = Callable[[np.ndarray], np.ndarray]       # BGR uint8 -> [k, 5] pixel x1
 
 
 def released_detector(name: str, weights: Path, enhance: str = "none",
-                      el_weights: Path | None = None) -> Detect:
+                      el_weights: Path | None = None, cache: Path | None = None) -> Detect:
     """A YuNet checkpoint (released or ours) at the photo's own size, behind an enhancer of
-    ``lowlevel/enhancers.py``, at the released test setting (score 0.02, NMS 0.45)."""
+    ``lowlevel/enhancers.py``, at the released test setting (score 0.02, NMS 0.45). With
+    ``cache``, the detections of each enhanced image are kept there under the digest of the
+    weights and its pixels: an edit of the enhancer code that leaves an enhancer's output as it
+    was costs that enhancer's run only."""
     import torch
     from data.config import load_config
     from lowlevel.enhancers import build_enhancer
@@ -327,11 +330,20 @@ def released_detector(name: str, weights: Path, enhance: str = "none",
     fd = build_face_detector(cfg, weights, torch.device("cpu"))
     enhancer = build_enhancer(enhance, el_weights=el_weights)
 
+    tag = f"{name}-{digest(weights)}"
+
     def detect(bgr: np.ndarray) -> np.ndarray:
-        rgb = cv2.cvtColor(enhancer(bgr), cv2.COLOR_BGR2RGB)
+        enhanced = enhancer(bgr)
+        path = cache / f"{tag}-{pixel_digest(enhanced, full=True)}.npy" if cache else None
+        if path is not None and path.is_file():
+            return np.load(path)
+        rgb = cv2.cvtColor(enhanced, cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
-        dets = fd(rgb[None])[0][:, :5].double().numpy()
-        return dets * np.array([w, h, w, h, 1.0])
+        dets = fd(rgb[None])[0][:, :5].double().numpy() * np.array([w, h, w, h, 1.0])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, dets)
+        return dets
     return detect
 
 
@@ -413,7 +425,7 @@ def released(model: str, enhance: str) -> Method:
     def build(ctx: Context, level: Level) -> Detect:
         el = ctx.args.el_weights if enhance == "el" else None
         return ctx.once((model, enhance), lambda: released_detector(
-            model, ctx.weights(model), enhance, el))
+            model, ctx.weights(model), enhance, el, ctx.out / "cache" / "images"))
     about = f"released {model}" + ("" if enhance == "none" else f", --enhance {enhance}")
     return Method(model if enhance == "none" else f"{model}+{enhance}", about, key, build)
 
@@ -566,9 +578,9 @@ def method_table() -> dict[str, Method]:
     return {m.name: m for m in rows}
 
 
-DEFAULT_METHODS = ("yunet_n", "yunet_n+gamma", "yunet_n+clahe", "yunet_n+lime", "yunet_n+curve",
-                   "yunet_n+gamma_bilateral", "yunet_n+auto", "yunet_n+el", "yunet_s",
-                   "yunet_s+auto", "control", "zero_shot", "pl", "dual_teacher", "adapt")
+def default_methods() -> list[str]:
+    """The default rows: every row but ``yunet_s+gamma`` (``--methods all`` adds it)."""
+    return [name for name in method_table() if name != "yunet_s+gamma"]
 
 
 # ---- running, caching, scoring ------------------------------------------------------------------
@@ -688,8 +700,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("night_bench"),
                    help="results, cache, trained weights, darkened photos")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated rows (--list-methods); 'all' for every row")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated rows (--list-methods; default: all but yunet_s+gamma); "
+                        "'all' for every row")
     p.add_argument("--levels", default=",".join(lv.name for lv in LEVELS),
                    help="comma-separated levels")
     p.add_argument("--images", type=int, default=None, help="only the first N photos (smoke)")
@@ -716,7 +729,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def select_methods(spec: str) -> list[Method]:
     table = method_table()
-    names = list(table) if spec == "all" else [n for n in spec.split(",") if n]
+    names = (default_methods() if spec is None else list(table) if spec == "all"
+             else [n for n in spec.split(",") if n])
     bad = [n for n in names if n not in table]
     if bad:
         raise SystemExit(f"--methods: unknown row(s) {', '.join(bad)}; known: "
