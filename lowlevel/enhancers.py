@@ -17,10 +17,10 @@ of the same size. :func:`build_enhancer` makes one from a name of :data:`ENHANCE
   :class:`AutoRule`). Unchanged (the same array): an image at least as bright as ``pass_mean``,
   or a dim but clean one (mean at least ``clean_mean``, noise below ``noise_min``). Otherwise
   CLAHE on L* (``clahe_clip`` on ``clahe_grid`` tiles, ``dim_clahe_clip`` when the mean is
-  below ``dim_mean``), after a Gaussian blur when the image is
-  noisy (noise at least ``noise_min``: ``blur_sigma``) or so dark that its 8-bit steps hide the
-  noise (mean below ``dark_mean``: ``dark_blur_sigma``). Its statistics cost one luma
-  conversion, a mean and one 3x3 filter (bench/bench_night_mode.py).
+  below ``dim_mean``) after a Gaussian blur of ``blur_sigma`` (``dark_blur_sigma`` when the mean
+  is below ``dark_mean``). The blur is never skipped: at the gain CLAHE gives a dark image, the
+  noise that the estimate measures low (8-bit steps hide it) is still amplified. Its statistics
+  cost one luma conversion, a mean and one 3x3 filter (bench/bench_night_mode.py).
 
 Why CLAHE and a blur, not a global curve: on night copies made by the camera model
 (``data/camera.py``) of photos other than the benchmark's (bench/night_mode_tuning.py), a
@@ -53,9 +53,9 @@ MAD_TO_STD = 1.4826                  # std of a Gaussian = 1.4826 * its median a
 class AutoRule:
     """The thresholds of ``auto`` (luma and noise in 8-bit grey levels)."""
     pass_mean: float = 100.0       # mean luma >= this: unchanged
-    noise_min: float = 2.0         # noise below this (and mean >= dark_mean): no blur, and ...
-    clean_mean: float = 25.0       # ... with a mean >= this, unchanged (a dim, clean photo)
-    dark_mean: float = 8.0         # below this the 8-bit steps hide the noise: always blurred
+    noise_min: float = 2.0         # noise below this and ...
+    clean_mean: float = 25.0       # ... a mean >= this: unchanged (a dim, clean photo)
+    dark_mean: float = 8.0         # below this the blur is dark_blur_sigma
     blur_sigma: float = 1.0        # Gaussian denoising before CLAHE, px
     dark_blur_sigma: float = 1.5   # the same below dark_mean
     dim_mean: float = 20.0         # below this CLAHE clips at dim_clahe_clip
@@ -70,7 +70,7 @@ class Decision:
     mean: float                    # mean luma of the input
     noise: float                   # its noise std (:func:`estimate_noise`), grey levels
     enhance: bool                  # False: the image is returned unchanged
-    blur: float                    # Gaussian sigma before CLAHE, px (0: no blur)
+    blur: float                    # Gaussian sigma before CLAHE, px (0 when unchanged)
 
     @property
     def passthrough(self) -> bool:
@@ -140,8 +140,8 @@ def decide(bgr: np.ndarray, rule: AutoRule = AutoRule()) -> Decision:
     if mean >= rule.pass_mean:
         return Decision(mean, 0.0, False, 0.0)      # bright: no noise estimate needed
     noise = estimate_noise(gray)
-    if mean >= rule.dark_mean and noise < rule.noise_min:
-        return Decision(mean, noise, mean < rule.clean_mean, 0.0)
+    if mean >= rule.clean_mean and noise < rule.noise_min:
+        return Decision(mean, noise, False, 0.0)        # dim but clean
     return Decision(mean, noise, True, rule.dark_blur_sigma if mean < rule.dark_mean
                     else rule.blur_sigma)
 
@@ -152,7 +152,7 @@ def auto_enhance(bgr: np.ndarray, rule: AutoRule = AutoRule()) -> np.ndarray:
     d = decide(bgr, rule)
     if d.passthrough:
         return bgr
-    x = denoise(bgr, "gauss", d.blur) if d.blur > 0 else bgr
+    x = denoise(bgr, "gauss", d.blur)
     clip = rule.dim_clahe_clip if d.mean < rule.dim_mean else rule.clahe_clip
     return clahe_bgr(x, clip, rule.clahe_grid)
 

@@ -52,12 +52,11 @@ def test_auto_brightens_dark_images():
 
 def test_auto_denoises_dark_noisy_images():
     auto = E.build_enhancer("auto")
-    clean_dark = _dark(_scene(), 0.08, 0.0)
     noisy = _dark(_scene(), 0.08, 5.0)                 # luma noise ~ 3.4
-    assert E.decide(noisy).blur > 0 and E.decide(clean_dark).blur == 0
+    assert E.decide(noisy).blur > 0
     out = auto(noisy)
     # the noise left after auto is below that of the same brightening without denoising
-    bright = E.clahe_bgr(noisy, E.AutoRule().clahe_clip, E.AutoRule().clahe_grid)
+    bright = E.clahe_bgr(noisy, E.AutoRule().dim_clahe_clip, E.AutoRule().clahe_grid)
     assert E.estimate_noise(E.luma(out)) < 0.7 * E.estimate_noise(E.luma(bright))
     assert _mean_luma(out) > 1.5 * _mean_luma(noisy)
 
