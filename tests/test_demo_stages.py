@@ -42,6 +42,19 @@ def test_step_runs_once_per_key_and_again_for_new_settings(tmp_path, capsys):
     assert other != first and other.read_text() == "b" and calls.read_text() == "xx"
 
 
+def test_unfinished_step_restarts_from_empty_when_asked(tmp_path):
+    script = tmp_path / "list.py"
+    script.write_text("import sys, os, pathlib\np = pathlib.Path(sys.argv[1])\n"
+                      "p.mkdir(parents=True, exist_ok=True)\n"
+                      "(p / 'seen.txt').write_text(' '.join(sorted(os.listdir(p))))\n")
+    d = demo.Demo(demo.parse_args(["--out", str(tmp_path / "out")]))
+    folder = demo_runner.keyed_dir(d.cache, "toy", [str(script), ["{dir}/res"]])
+    (folder / "res").mkdir(parents=True)
+    (folder / "res" / "partial.txt").write_text("left by an interrupted run")
+    out = d.step("toy", str(script), ["{dir}/res"], "res", restart=True)
+    assert out.parent == folder and (out / "seen.txt").read_text() == ""
+
+
 def test_step_failure_names_the_script_and_log(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text("import sys\nprint('broken input')\nsys.exit(3)\n")

@@ -172,11 +172,15 @@ class Demo:
 
     # -- running one step -------------------------------------------------------------------
 
-    def step(self, name: str, script: str, argv: list, product: str = "") -> Path:
+    def step(self, name: str, script: str, argv: list, product: str = "",
+             restart: bool = False) -> Path:
         """Run ``script argv`` once per key: ``{dir}`` in ``argv`` is the step's keyed folder
-        (key: the script and ``argv`` before the substitution). Returns the folder, or
-        ``folder/product`` when given."""
+        (key: the script and ``argv`` before the substitution). An unfinished folder is resumed
+        by the script (trainers: ``--resume auto``; image tools skip what exists), or emptied
+        first with ``restart``. Returns the folder, or ``folder/product`` when given."""
         folder = keyed_dir(self.cache, name, [script, [str(a) for a in argv]])
+        if restart and folder.exists() and not is_done(folder):
+            shutil.rmtree(folder)
         if not is_done(folder):
             folder.mkdir(parents=True, exist_ok=True)
             argv = [str(a).replace("{dir}", str(folder)) for a in argv]
@@ -243,7 +247,8 @@ class Demo:
         a = self.args
         self.p["data"] = self.step("data", "tools/make_demo_data.py", [
             "--out", "{dir}/data", "--seed", a.seed, "--n-train", a.n_train, "--n-val", a.n_val,
-            "--n-dark-train", a.n_dark_train, "--n-dark-val", a.n_dark_val], "data")
+            "--n-dark-train", a.n_dark_train, "--n-dark-val", a.n_dark_val], "data",
+            restart=True)
         self.p["dark"] = self.p["data"] / "DarkFace"
 
     def common_opts(self) -> list[str]:
