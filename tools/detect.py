@@ -16,7 +16,8 @@ runs, the reference's, the released YuNet and Pytorch_Retinaface files) with ``-
 
 Consecutive frames of the same size are detected together, ``--batch`` per forward pass (the
 results equal one image at a time). ``--enhance`` brightens each frame first
-(``lowlevel/enhancers.py``; the detections and the pictures are of the enhanced frame).
+(``lowlevel/enhancers.py``; E(L)'s weights: ``--el-weights`` or ENHANCE.WEIGHTS; the
+detections and the pictures are of the enhanced frame).
 ``--precision`` (``utils/precision.py``) picks the numeric path; ``fp32`` is the exact reference.
 
 Outputs under ``--output`` (``--format``, any of):
@@ -55,7 +56,7 @@ from data.image_folder import write_image_atomic  # noqa: E402
 from data.media import FrameStats, iter_frames, probe  # noqa: E402
 from data.predictions import format_detections, format_wider  # noqa: E402
 from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
-from models.inference import build_face_detector  # noqa: E402
+from models.inference import FaceDetector, load_net  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.precision import (add_precision_argument, apply_precision, family_of,  # noqa: E402
@@ -124,10 +125,11 @@ def load_detector(args, cfg, device: torch.device, reference: bool = False):
         from models.onnx_runner import onnx_runner
         log.info("ONNX model: onnxruntime on the CPU (--precision does not apply)")
         return onnx_runner(args.weights, cfg, args.threads or None)
+    net, _ = load_net(cfg, args.weights)          # a checkpoint of ours sets MODEL.NAME
     precision = resolve_precision(args.precision, device, family_of(cfg.MODEL.NAME), reference)
     precision = apply_precision(cfg, precision, args.precision)
     log.info("precision %s (%s)", precision.name, precision.reason)
-    return build_face_detector(cfg, args.weights, device, fold_bn=precision.fold_bn)
+    return FaceDetector.from_config(net, cfg, device, fold_bn=precision.fold_bn)
 
 
 def make_tester(detector, mode: str, landmarks: bool = True) -> TestTimeDetector:
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
     detector = load_detector(args, cfg, device)
     if args.landmarks and getattr(detector, "num_landmarks", 0) == 0:
         raise ValueError(f"--landmarks: MODEL.NAME={cfg.MODEL.NAME} has no landmarks")
-    enhancer = build_enhancer(args.enhance, args.el_weights, device)
+    el_weights = args.el_weights or (cfg.ENHANCE.WEIGHTS if args.enhance == "el" else None)
+    enhancer = build_enhancer(args.enhance, el_weights, device)
     tester = make_tester(detector, args.mode)
     video = Path(str(args.input)).stem if info.kind == "video" else (
         f"camera{args.input}" if info.kind == "camera" else None)

@@ -25,7 +25,7 @@ from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
 from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
-from models.inference import build_face_detector  # noqa: E402
+from models.inference import FaceDetector, load_net  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.precision import (add_precision_argument, apply_precision, family_of,  # noqa: E402
@@ -54,10 +54,11 @@ def load_detector(args, cfg, device):
     if str(args.weights).lower().endswith(".onnx"):
         from models.onnx_runner import onnx_runner
         return onnx_runner(args.weights, cfg)
+    net, _ = load_net(cfg, args.weights)          # a checkpoint of ours sets MODEL.NAME
     precision = apply_precision(cfg, resolve_precision(args.precision, device,
                                                        family_of(cfg.MODEL.NAME)),
                                 args.precision)
-    return build_face_detector(cfg, args.weights, device, fold_bn=precision.fold_bn)
+    return FaceDetector.from_config(net, cfg, device, fold_bn=precision.fold_bn)
 
 
 def main(argv=None) -> int:
