@@ -4,8 +4,8 @@
                                  [--presets darkface dainet eld]
 
 Prints images/s of ``darken`` on a batch of ``--batch`` random ``--size`` x ``--size`` images,
-uint8 in and out (the loaders' fast path: 8-bit inputs decode through a 256-entry table) and
-float32 in and out, for each preset and thread count, plus the darkface preset with Gaussian
+uint8 in and out (8-bit inputs, uint8 or floats k/255, decode through a 256-entry table) and
+float32 in and out with values off the 8-bit levels (the exact curve), for each preset and thread count, plus the darkface preset with Gaussian
 shot noise (``shot_dist=gaussian``, the same variance without the Poisson sampler). Median of
 ``--repeat`` runs after one warm-up. Beside the wall-clock rate: images per CPU-second of this
 process (``cpu``), which a loaded machine inflates much less than the wall clock (with one
@@ -34,7 +34,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     images8 = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8,
                             generator=g)
-    images = images8.float() / 255.0
+    images = torch.rand(images8.shape, generator=g)          # not on 8-bit levels: no table
     runs = [(p, {}) for p in args.presets]
     if "darkface" in args.presets:
         runs.append(("darkface", {"shot_dist": "gaussian"}))
