@@ -58,7 +58,8 @@ import torch  # noqa: E402
 from data.annotations import FaceRecord, read_annotations  # noqa: E402
 from data.config import load_config  # noqa: E402
 from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
-from models.onnx_deploy import ImageCalibrationReader, qdq_counts, quantize_int8  # noqa: E402
+from models.onnx_deploy import (ImageCalibrationReader, qdq_counts,  # noqa: E402
+                                quantize_int8)
 from models.onnx_runner import DECODERS, onnx_runner, session  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
