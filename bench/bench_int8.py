@@ -32,8 +32,9 @@ on the astronaut scaled to S x S; every graph runs about ``--seconds`` per round
 interleaved; the table gives the best round and the median over rounds of the per-round
 fp32/int8 time ratio (which cancels most of a shared machine's drift), for the wall time and
 for the thread CPU time of the runs (onnxruntime runs a 1-thread session on the calling
-thread: the CPU time leaves out the time other jobs hold the core, not their cache traffic). ``--profile`` adds
-onnxruntime's per-operator times at the largest size. CPU timings on a shared machine are noisy.
+thread: the CPU time leaves out the time other jobs hold the core, not their cache traffic).
+``--profile`` adds onnxruntime's per-operator times at the largest size (convolutions split by
+kind). CPU timings on a shared machine are noisy.
 """
 from __future__ import annotations
 
