@@ -55,10 +55,9 @@ def main(argv=None) -> int:
     imgs = images(h, w)
     print(f"{h}x{w}, {args.threads} thread(s), median of {args.repeat}; ms per image")
     for kind, img in imgs.items():
-        d = decide(img)[0]
-        print(f"{kind}: mean luma {d.mean:.1f}; auto: "
-              + ("unchanged" if d.passthrough else
-                 f"noise {d.noise:.2f}, brighten, denoise {d.denoise}"))
+        d = decide(img)
+        print(f"{kind}: mean luma {d.mean:.1f}, noise {d.noise:.2f}; auto: "
+              + ("unchanged" if d.passthrough else f"blur {d.blur} px + CLAHE"))
     if Path(args.weights).is_file():
         from data.config import load_config
         from models.inference import build_face_detector

@@ -1,8 +1,8 @@
 """The photos on which night mode's ``auto`` rule was tuned (NOT the night benchmark's photos).
 
     python bench/night_mode_tuning.py [--weights ../shared/data/yunet/yunet_n.pth]
-        [--enhance none gamma clahe curve auto ...] [--levels 0.1 0.03 ...] [--seeds 2]
-        [--model dsfd|toy]
+        [--enhance none gamma clahe auto ...] [--levels 0 0.8 0.1 ...] [--seeds 2]
+        [--model yunet_n]
 
 Scenes: ``skimage.data.astronaut()``, matplotlib's ``grace_hopper.jpg``, ``skimage.data.camera()``
 and five 640x480 scenes made of a package photo (coffee, chelsea, rocket, coins, hubble) as the
@@ -12,7 +12,7 @@ background with 20 LFW faces each (``skimage.data.lfw_subset()``, the 100 faces,
 does it still find at night", AP at IoU 0.5 (the DARK FACE evaluator on arrays).
 
 Darkening: the camera model ``data/camera.py`` (``darken_uint8``, preset ``darkface``, its
-exposure fixed per level) when it is importable, else ``data/lowlight.py`` with its exposure
+exposure fixed per level; level 0 = the clean scenes) when it is importable, else ``data/lowlight.py`` with its exposure
 fixed per level and stronger noise. Prints AP per (level, enhancer), the mean luma and the
 auto rule's decision statistics per level.
 """
@@ -38,7 +38,7 @@ from models.inference import build_face_detector  # noqa: E402
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
 SCENE_SIZE = (480, 640)
 GT_SCORE = 0.5
-CAMERA_LEVELS = (0.4, 0.2, 0.1, 0.05, 0.025, 0.0125)   # darkface preset exposures
+CAMERA_LEVELS = (0.0, 1.6, 0.8, 0.4, 0.2, 0.1, 0.07, 0.05)   # darkface exposures; 0: clean
 TOY_LEVELS = (0.12, 0.05, 0.02, 0.008, 0.004)        # data/lowlight.py exposures
 TOY_NOISE = dict(shot_noise=(1 / 400, 1 / 100), read_noise=(0.002, 0.006))
 
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=str(ROOT.parent / "shared/data/yunet/yunet_n.pth"))
     ap.add_argument("--model", default="yunet_n")
     ap.add_argument("--enhance", nargs="+",
-                    default=["none", "gamma", "clahe", "curve", "gamma_median",
-                             "gamma_bilateral", "gamma_guided", "auto"])
+                    default=["none", "gamma", "clahe", "gamma_gauss", "clahe_gauss",
+                             "clahe_median", "clahe_bilateral", "auto"])
     ap.add_argument("--levels", type=float, nargs="+", default=None)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--el-weights", default=None)
@@ -122,13 +122,14 @@ def main(argv=None) -> int:
     enhancers = {e: build_enhancer(e, args.el_weights) for e in args.enhance}
     table = {}
     for lv in levels:
-        dark = {(n, s): fn(im, lv, s) for n, im in imgs.items() for s in range(args.seeds)}
+        dark = {(n, s): im if lv == 0 else fn(im, lv, s)
+                for n, im in imgs.items() for s in range(args.seeds)}
         means = [float(luma(d).mean()) for d in dark.values()]
-        dec = [decide(d)[0] for d in dark.values()]
+        dec = [decide(d) for d in dark.values()]
         print(f"level {lv}: mean luma {np.mean(means):.1f} (min {min(means):.1f}, max "
-              f"{max(means):.1f}); auto brightens {sum(not d.passthrough for d in dec)}/"
-              f"{len(dec)}, denoises {sum(d.denoise for d in dec)}, noise after the curve "
-              f"{np.mean([d.noise for d in dec]):.1f}")
+              f"{max(means):.1f}); auto enhances {sum(d.enhance for d in dec)}/{len(dec)} "
+              f"(blur 1.5 px: {sum(d.blur == 1.5 for d in dec)}), mean noise estimate "
+              f"{np.mean([d.noise for d in dec]):.2f}")
         for e, enh in enhancers.items():
             t = time.perf_counter()
             preds = {f"{n}_{s}": detect(detector, enh(d)) for (n, s), d in dark.items()}
