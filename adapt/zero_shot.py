@@ -17,7 +17,7 @@ averaged over the images and the levels, both views with gradient (as DAI-Net). 
 the first VGG block of DSFD (its reflectance decoder reads that block); the interface's maps are
 what every detector family here exposes, and they are where the faces are scored.
 
-The dark copy of image ``i`` of the step's global batch draws from a generator seeded by
+The dark copy of image ``i`` of the step's global batch is drawn with the camera seed of
 ``(RUN.SEED, step, i)``: a resumed run sees the same dark images, and N DDP processes the same as
 one. The camera model runs on the CPU (``data/camera.py``), so the copies are made on the
 loader's CPU batch before it moves to the device.
