@@ -430,6 +430,29 @@ def released(model: str, enhance: str) -> Method:
     return Method(model if enhance == "none" else f"{model}+{enhance}", about, key, build)
 
 
+def row_value(spec: str, name: str, default, flag: str, kind=float):
+    """``kind(VALUE)`` of ``ROW=VALUE,...`` in ``spec`` for row ``name``, else ``default``."""
+    for item in filter(None, (spec or "").split(",")):
+        row, _, value = item.partition("=")
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise SystemExit(f"{flag} {item!r}: expected ROW=VALUE") from None
+        if row == name:
+            return parsed
+    return default
+
+
+def row_steps(args: argparse.Namespace, name: str) -> int:
+    """The training steps of row ``name``: ``--row-steps NAME=N`` or ``--steps``."""
+    return row_value(args.row_steps, name, args.steps, "--row-steps", int)
+
+
+def row_lr(args: argparse.Namespace, name: str) -> float:
+    """The learning rate of row ``name``: ``--row-lr NAME=LR`` or ``--lr``."""
+    return row_value(args.row_lr, name, args.lr, "--row-lr")
+
+
 def schedule(steps: int, lr: float, warmup: int = 5) -> list[str]:
     return [f"SOLVER.MAX_STEPS={steps}", f"SOLVER.LR={lr}", f"SOLVER.WARMUP_ITERS={warmup}",
             f"SOLVER.LR_STEPS=[{steps * 4 // 5}]", f"RUN.LOG_EVERY={max(steps // 6, 1)}",
@@ -441,8 +464,9 @@ def train_yunet(ctx: Context, name: str, argv: list[str], recipe: dict) -> Path:
     (presets, overrides); the run folder is named by the recipe's digest, so a changed recipe
     trains anew and an unchanged one is reused. Returns the final checkpoint."""
     fts = ctx.fine_tune_set()
-    steps = ctx.args.steps
-    run = f"{name}-{digest([recipe, fts.key, steps, ctx.args.train_size, ctx.args.lr])}"
+    steps = row_steps(ctx.args, name)
+    lr = row_lr(ctx.args, name)
+    run = f"{name}-{digest([recipe, fts.key, steps, ctx.args.train_size, lr])}"
     runs = ctx.out / "models"
     final = runs / run / f"ckpt_{steps}.pth"
     if not final.is_file():
@@ -451,7 +475,7 @@ def train_yunet(ctx: Context, name: str, argv: list[str], recipe: dict) -> Path:
             f"MODEL.WEIGHTS={ctx.weights('yunet_n')}", f"FACE.SRC_TRAIN_FILE={fts.train_list}",
             f"FACE.DATA_ROOT={fts.root}", f"YUNET.INPUT_SIZE={ctx.args.train_size}",
             "SOLVER.BATCH_SIZE=8", f"RUN.OUTPUT_DIR={runs}", f"RUN.NAME={run}",
-            "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False", *schedule(steps, ctx.args.lr)],
+            "RUN.NUM_WORKERS=0", "RUN.TENSORBOARD=False", *schedule(steps, lr)],
             runs / f"{run}.log")
         if not final.is_file():
             raise RuntimeError(f"train.py left no {final}")
@@ -476,7 +500,8 @@ class Recipe:
 def trained(name: str, about: str, recipe: Recipe) -> Method:
     """A row trained once (for every level) on the fine-tuning set by ``recipe``."""
     def key(ctx: Context, level: Level) -> dict:
-        return {"trained": recipe.key(ctx), "steps": ctx.args.steps, "lr": ctx.args.lr,
+        return {"trained": recipe.key(ctx), "steps": row_steps(ctx.args, name),
+                "lr": row_lr(ctx.args, name),
                 "size": ctx.args.train_size, "start": digest(ctx.weights("yunet_n"))}
 
     def build(ctx: Context, level: Level) -> Detect:
@@ -708,6 +733,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="only the first N photos (smoke)")
     p.add_argument("--iou", type=float, default=IOU, help="IoU that recalls a face")
     p.add_argument("--steps", type=int, default=50, help="steps of every trained row")
+    p.add_argument("--row-lr", default="pl=0.0001,dual_teacher=0.0001",
+                   help="ROW=LR,...: other learning rates for some trained rows (the "
+                        "pseudo-label students collapse at 0.002 here)")
+    p.add_argument("--row-steps", default="zero_shot=20,pl=30,dual_teacher=30",
+                   help="ROW=N,...: other steps for some trained rows (zero_shot trains a "
+                        "clean and a dark copy of every image a step)")
     p.add_argument("--train-size", type=int, default=256, help="YuNet training input")
     p.add_argument("--lr", type=float, default=0.002,
                    help="learning rate of every trained row (configs/finetune_yunet.yaml's)")
