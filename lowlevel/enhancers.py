@@ -46,14 +46,13 @@ BRIGHTENERS = ("gamma", "clahe")
 ENHANCE_CHOICES = ("none", "auto", "gamma", "clahe", "lime", "el",
                    *(f"{b}_{d}" for b in BRIGHTENERS for d in DENOISERS))
 IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)   # sum of squares 36
-MAD_TO_STD = 1.4826                  # std of a Gaussian = 1.4826 * its median absolute deviation
 
 
 @dataclass(frozen=True)
 class AutoRule:
     """The thresholds of ``auto`` (luma and noise in 8-bit grey levels)."""
     pass_mean: float = 100.0       # mean luma >= this: unchanged
-    noise_min: float = 2.0         # noise below this and ...
+    noise_min: float = 0.8         # noise (flat regions) below this and ...
     clean_mean: float = 25.0       # ... a mean >= this: unchanged (a dim, clean photo)
     dark_mean: float = 8.0         # below this the blur is dark_blur_sigma
     blur_sigma: float = 1.0        # Gaussian denoising before CLAHE, px
@@ -91,21 +90,26 @@ def luma(bgr: np.ndarray) -> np.ndarray:
 
 
 def estimate_noise(gray: np.ndarray) -> float:
-    """Noise std (grey levels) of a uint8 luma image: the median absolute response of
-    Immerkaer's 3x3 kernel (zero on flat and linearly shaded regions; 6 sigma std on white
-    noise of std sigma), scaled to a std.
+    """Noise std (grey levels) of a uint8 luma image, measured in its flattest regions.
 
-    Edges and texture give large responses in a minority of pixels, so the median is set by
-    the noise of the flat regions. Windows clipped to a single value (all 0 or all 255) carry
-    no visible noise and are left out."""
+    Immerkaer's 3x3 kernel responds to noise (6 sigma std on white noise of std sigma) and not
+    to flat or linearly shaded regions; edges and texture raise its local activity (the 7x7
+    mean of the absolute response). The estimate is the mean absolute response over the
+    quarter of the pixels with the lowest activity, times sqrt(pi/2) / 6 (a Gaussian's std from
+    its mean absolute value), so clean photos read their flat regions (sky, walls: near 0) and
+    noisy ones their noise. Windows clipped to a single value (all 0 or all 255) carry no
+    visible noise and are left out. The low-activity selection biases the value down (about
+    0.8 sigma on pure noise); the thresholds of :class:`AutoRule` are set on this scale."""
     g = gray.astype(np.float32)
     resp = np.abs(cv2.filter2D(g, -1, IMMERKAER, borderType=cv2.BORDER_REFLECT))[1:-1, 1:-1]
     lo = cv2.erode(gray, np.ones((3, 3), np.uint8))[1:-1, 1:-1]
     hi = cv2.dilate(gray, np.ones((3, 3), np.uint8))[1:-1, 1:-1]
-    live = resp[(hi > 0) & (lo < 255)]
-    if live.size == 0:
+    live = (hi > 0) & (lo < 255)
+    if not live.any():
         return 0.0
-    return float(MAD_TO_STD * np.median(live) / 6.0)
+    activity = cv2.boxFilter(resp, -1, (7, 7), borderType=cv2.BORDER_REFLECT)
+    flat = live & (activity <= np.percentile(activity[live], 25))
+    return float(np.sqrt(np.pi / 2) * resp[flat].mean() / 6.0)
 
 
 def clahe_bgr(bgr: np.ndarray, clip: float = baselines.CLAHE_CLIP,
