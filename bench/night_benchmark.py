@@ -469,6 +469,8 @@ def train_yunet(ctx: Context, name: str, argv: list[str], recipe: dict) -> Path:
     run = f"{name}-{digest([recipe, fts.key, steps, ctx.args.train_size, lr])}"
     runs = ctx.out / "models"
     final = runs / run / f"ckpt_{steps}.pth"
+    if not final.is_file() and ctx.args.cached_only:
+        raise Skipped(f"not trained yet ({final} missing; run without --cached-only)")
     if not final.is_file():
         run_entry("train.py", [
             "--resume", "auto", *argv, "MODEL.NAME=yunet_n",
@@ -555,10 +557,13 @@ def adapted() -> Method:
             images = level_images(ctx.records, level, ctx.out)[0].parent
             run = ctx.out / "models" / f"adapt-{level.name}-{digest(key(ctx, level))}"
             weights = run / ADAPTED_WEIGHTS
-            if not weights.is_file():
+            if not (run / "report.md").is_file() and ctx.args.cached_only:
+                raise Skipped(f"not adapted yet ({run} unfinished; run without --cached-only)")
+            if not (run / "report.md").is_file():          # written when the run ends
                 run_entry("tools/adapt_to_night.py", [
                     "--weights", ctx.weights("yunet_n"), "--model", "yunet_n", "--images",
-                    images, "--out", run, *ctx.args.adapt_args], run.with_suffix(".log"))
+                    images, "--out", run, "--resume", "auto", *ctx.args.adapt_args],
+                    run.with_suffix(".log"))
                 if not weights.is_file():
                     raise RuntimeError(f"tools/adapt_to_night.py left no {weights}")
             return released_detector("yunet_n", weights)
@@ -754,6 +759,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--yunet-dir", type=Path, default=SHARED / "yunet")
     p.add_argument("--plot-levels", default=None,
                    help="levels of the PR plot (default: the two darkest selected)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="never train: a trained row without its weights is reported as skipped")
     p.add_argument("--list-methods", action="store_true", help="print the rows and exit")
     return p.parse_args(argv)
 
