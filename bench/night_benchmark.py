@@ -682,12 +682,20 @@ def notes(results: dict) -> list[str]:
     return out
 
 
+# The rows of the PR plot (when they ran): the released model, the main enhancers, every
+# trained row. All rows are in results.json.
+PLOT_ROWS = ("yunet_n", "yunet_n+auto", "yunet_n+gamma", "yunet_n+clahe", "yunet_n+el",
+             "yunet_s", "yunet_s+auto", "control", "zero_shot", "pl", "dual_teacher", "adapt")
+
+
 def plot(path: Path, levels: Sequence[Level], stats: dict, curves: dict) -> None:
-    """PR curves of ``levels``: the released YuNet_n thick, every other row thin."""
+    """PR curves of ``levels`` for :data:`PLOT_ROWS`: the released YuNet_n thick, the others
+    thin."""
     from evaluation.common import PRCurve, plot_pr_curves
     panels = []
     for lv in levels:
-        rows = [PRCurve(name, c["precision"], c["recall"]) for name, c in curves[lv.name].items()]
+        rows = [PRCurve(name, c["precision"], c["recall"]) for name, c in curves[lv.name].items()
+                if name in PLOT_ROWS]
         ours = [c for c in rows if c.label == "yunet_n"]
         panels.append((f"{lv.name}: mean luma {stats[lv.name]['mean']:.1f}, "
                        f"{stats[lv.name]['zeros']:.0f}% zeros", ours,
