@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adapt.pseudo.night import FrameSet, collect_frames, greedy_matches, split_frames
-from adapt.pseudo.night_student import night_records, synth_records
+from adapt.pseudo.night_student import build_loaders, night_records, synth_records
 from data.config import load_config
 from data.pseudo_labels import PseudoRecord
 from tools import adapt_to_night as tool
@@ -144,6 +144,8 @@ def test_records_split_by_score(tmp_path):
     synth = synth_records([confident, unsure, empty], {"a.png": "A.png", "b.png": "B.png"},
                           0.6, 0.3)
     assert [r.path for r in synth] == ["A.png"] and synth[0].labels.tolist() == [1, -1]
+    cfg = load_config([str(tool.PRESET)], ["MODEL.NAME=yunet_n"])
+    assert build_loaders(cfg, 0, {"night": [], "synth": []}, 0, 1).empty   # nothing to train
     frames = FrameSet(tmp_path, ["x", "y"], [0], [1])
     assert frames.raw(1) == tmp_path / "raw" / "000001.png"
     with pytest.raises(OSError, match="frames.json"):
