@@ -173,3 +173,14 @@ def test_plan_puts_real_faces_first_and_is_valid(tmp_path):
 def test_threads_per_job():
     assert demo.threads_per_job(2) == 1
     assert demo.threads_per_job(1) >= 1
+
+
+def test_pseudo_batch_follows_the_labelled_images(tmp_path):
+    listing = tmp_path / "pseudo_labels.txt"
+    images = "".join(f"# ./DarkFace/images/train/{k}.png 480 320\n"
+                     + ("0.1 0.2 0.3 0.4 0.9\n0.5 0.5 0.6 0.6 0.8\n" if k % 4 == 0 else "")
+                     for k in range(20))
+    listing.write_text("#pseudo-labels 1\n" + images)
+    assert demo.Demo.pseudo_opts(listing) == [f"PSEUDO.LIST={listing}", "PSEUDO.BATCH_SIZE=5"]
+    listing.write_text("#pseudo-labels 1\n# a.png 10 10\n# b.png 10 10\n")
+    assert demo.Demo.pseudo_opts(listing) == []

@@ -337,6 +337,23 @@ class Demo:
             "--fusion", "wbf", "--score-thresh", "0.3", "--workers", "0",
             f"FACE.DATA_ROOT={self.p['data']}"], "labels/pseudo_labels.txt")
 
+    @staticmethod
+    def pseudo_opts(listing: Path) -> list[str]:
+        """PSEUDO.LIST and a batch no larger than the number of images the teachers labelled
+        (a weak teacher on the toy data may label only a few); [] when they labelled none."""
+        labelled, pending = 0, False
+        for line in listing.read_text().splitlines():
+            if line.startswith("# "):                    # an image: "# path W H"
+                pending = True
+            elif line.strip() and not line.startswith("#") and pending:
+                labelled, pending = labelled + 1, False
+        if labelled < 8:
+            print(f"    {listing}: the teachers labelled {labelled} image(s)"
+                  + (f"; the student trains on batches of {labelled}" if labelled else
+                     "; no student"), flush=True)
+        return [f"PSEUDO.LIST={listing}", f"PSEUDO.BATCH_SIZE={min(8, labelled)}"] \
+            if labelled else []
+
     def pseudo_label_adaptation(self) -> None:
         a, teacher_steps = self.args, self.args.teacher_steps
         self.p["teacher"] = teacher = self.train("teacher_main", [
@@ -352,11 +369,11 @@ class Demo:
             print("no released YuNet (the complementary teacher): the dual-teacher student is "
                   "skipped; see pretrained_weights/README.md")
         for name, preset, teachers, extra in students:
-            listing = self.pseudo_labels(f"labels_{name}", teachers)
-            self.p[name] = self.train(name, [
-                *self.preset(preset), *self.common_opts(), f"MODEL.WEIGHTS={teacher}",
-                f"PSEUDO.LIST={listing}", "PSEUDO.BATCH_SIZE=8",
-                *self.schedule(a.adapt_steps, 2e-4), *extra], a.adapt_steps)
+            opts = self.pseudo_opts(self.pseudo_labels(f"labels_{name}", teachers))
+            if opts:
+                self.p[name] = self.train(name, [
+                    *self.preset(preset), *self.common_opts(), f"MODEL.WEIGHTS={teacher}",
+                    *opts, *self.schedule(a.adapt_steps, 2e-4), *extra], a.adapt_steps)
 
     # -- part 3: YuNet adapted ----------------------------------------------------------------
 
@@ -374,15 +391,17 @@ class Demo:
         steps, seeds = self.args.yunet_steps, range(self.args.train_seeds)
         self.p["y_hla"] = [self.yunet_train("yunet_hla", self.hla_opts())]
         pl = self.pseudo_labels("labels_yunet_pl", [f"{self.yunet}:yunet_n:1"])
-        runs = [("y_control", "yunet_control", self.preset("detection_only.yaml")),
-                ("y_pl", "yunet_pl", [*self.preset("adapt_pl.yaml"), f"PSEUDO.LIST={pl}",
-                                      "PSEUDO.BATCH_SIZE=8"])]
+        runs = [("y_control", "yunet_control", self.preset("detection_only.yaml"))]
+        if self.pseudo_opts(pl):
+            runs.append(("y_pl", "yunet_pl", [*self.preset("adapt_pl.yaml"),
+                                              *self.pseudo_opts(pl)]))
         if self.yunet_s is not None:
             dual = self.pseudo_labels("labels_yunet_dual", [f"{self.yunet}:yunet_n:1",
                                                             f"{self.yunet_s}:yunet_s:1"])
-            runs.append(("y_dual", "yunet_dual", [
-                *self.preset("adapt_dual_teacher.yaml"), f"PSEUDO.LIST={dual}",
-                "PSEUDO.BATCH_SIZE=8", f"EMA.REFRESH_AFTER={steps // 2}"]))
+            if self.pseudo_opts(dual):
+                runs.append(("y_dual", "yunet_dual", [
+                    *self.preset("adapt_dual_teacher.yaml"), *self.pseudo_opts(dual),
+                    f"EMA.REFRESH_AFTER={steps // 2}"]))
         for key, name, extra in runs:
             self.p[key] = [self.yunet_train(name, extra, s) for s in seeds]
 
@@ -429,10 +448,10 @@ class Demo:
         rows = [("source-only, dark", p["source"], None), ("source-only + E(L)", p["source"], "el"),
                 ("control (+ steps on clean) + E(L)", p["control"], "el"),
                 ("HLA + E(L)", p["hla"], "el"),
-                ("main teacher (clean + low-light copies), dark", p["teacher"], None),
-                ("PL student, dark", p["pl"], None)]
-        if "dual" in p:
-            rows.append(("dual-teacher student, dark", p["dual"], None))
+                ("main teacher (clean + low-light copies), dark", p["teacher"], None)]
+        rows += [(label, p[k], None) for label, k in (("PL student, dark", "pl"),
+                                                      ("dual-teacher student, dark", "dual"))
+                 if k in p]
         dets = [self.detector(label, "dsfd_vgg", w, e, el) for label, w, e in rows]
         gt = load_darkface_gt(dark / "label" / "val", [q.stem for q in val])
         result = compare_inference.compare(dets, val, gt=gt, out_dir=self.out / "compare",
@@ -488,10 +507,10 @@ class Demo:
                 ("released YuNet_n + night mode (auto)", [self.yunet], auto),
                 ("released YuNet_n + E(L)", [self.yunet], el),
                 ("control (+ steps on demo clean) + E(L)", p["y_control"], el),
-                ("HLA + E(L)", p["y_hla"], el), ("PL student, raw", p["y_pl"], None),
-                ("PL student + night mode", p["y_pl"], auto)]
-        if "y_dual" in p:
-            rows.append(("dual-teacher student, raw", p["y_dual"], None))
+                ("HLA + E(L)", p["y_hla"], el)]
+        rows += [(label, p[k], enh) for label, k, enh in (
+            ("PL student, raw", "y_pl", None), ("PL student + night mode", "y_pl", auto),
+            ("dual-teacher student, raw", "y_dual", None)) if k in p]
         levels = self.args.levels[-2:]      # the two darkest: where adaptation must help
         sets = {lv: demo_real.darkened(rs, lv, 0, self.out / "real" / "levels") for lv in levels}
         table, shown = [], {}
