@@ -1,8 +1,10 @@
 """The night benchmark: real labelled faces darkened by the camera model, AP per darkness level.
 
-    python bench/night_benchmark.py [--out night_bench] [--methods NAME,NAME,...]
-        [--levels clean,L1,...] [--images N] [--iou 0.35] [--steps 60] [--el-weights W]
-        [--list-methods] [--plot-levels L4,L5]
+    python bench/night_benchmark.py [--out night_bench] [--methods NAME,NAME,...|all]
+        [--levels clean,L1,...] [--images N] [--iou 0.35] [--el-weights W] [--steps 50]
+        [--lr 0.002] [--row-steps ROW=N,...] [--row-lr ROW=LR,...] [--train-size 256]
+        [--adapt-levels L4,L5] [--cached-only] [--plot-levels L4,L5] [--list-methods]
+        [--adapt-args ARG ...]
 
 Faces: the 43 hand-labelled faces of the 9 PASCAL VOC photos in ``../shared/data/dlib_faces``
 (dlib's ``training.xml`` + ``testing.xml``, read by the ``dlib_xml`` format of
