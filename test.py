@@ -48,7 +48,7 @@ from data import config as config_lib
 from data.config_check import validate
 from data.loaders import identity_collate
 from data.predictions import ImageFiles, Outputs, list_images
-from lowlevel.enhancers import add_enhance_argument, build_enhancer
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
 from models.enhancement import enhance_uint8, load_enhancer
 from models.inference import build_face_detector
 from models.test_time import Pass, TestTimeDetector, reference_passes
@@ -146,7 +146,7 @@ def batch_enhancer(args, cfg, device):
                             key="--enhancer/--el-weights" if args.el_weights else
                             "ENHANCE.WEIGHTS (or give --no-enhance)")
         return lambda images: list(enhance_uint8(net, np.stack(images)))
-    fn = build_enhancer(name, args.el_weights, device)
+    fn = build_enhancer(name, args.el_weights, device, rule_from_config(cfg.NIGHT))
     return lambda images: [np.ascontiguousarray(fn(np.ascontiguousarray(im[..., ::-1]))[..., ::-1])
                            for im in images]
 

@@ -288,6 +288,20 @@ def default_config() -> EasyDict:
     # (CAMERA.*), drawn anew per (RUN.SEED, epoch, image); False trains on the images as they are
     C.ENHANCE.TRAIN_CAMERA = False
 
+    # ---- ours: the thresholds of night mode's `--enhance auto` (lowlevel/enhancers.py AutoRule;
+    # luma and noise in 8-bit grey levels; docs/NIGHT.md "Night mode") ----
+    C.NIGHT = EasyDict()
+    C.NIGHT.pass_mean = 100.0           # mean luma >= this: the image is returned unchanged
+    C.NIGHT.noise_min = 0.8             # noise below this and ...
+    C.NIGHT.clean_mean = 25.0           # ... mean luma >= this: unchanged (a dim, clean photo)
+    C.NIGHT.dark_mean = 8.0             # below this the blur is dark_blur_sigma
+    C.NIGHT.blur_sigma = 1.0            # Gaussian denoising before CLAHE, px
+    C.NIGHT.dark_blur_sigma = 1.5
+    C.NIGHT.dim_mean = 20.0             # below this CLAHE clips at dim_clahe_clip
+    C.NIGHT.clahe_clip = 2.0
+    C.NIGHT.dim_clahe_clip = 3.0
+    C.NIGHT.clahe_grid = 8
+
     # ---- ours: self-training on a user's night footage (tools/adapt_to_night.py,
     # adapt/pseudo/night.py, configs/adapt_to_night.yaml; PSEUDO.HIGH/LOW/BATCH_SIZE, EMA.DECAY/TAU
     # and SOLVER.* apply too; docs/NIGHT.md "Adapting to your footage") ----
@@ -298,6 +312,7 @@ def default_config() -> EasyDict:
     C.ADAPT.HOLDOUT = 0.2               # share of the frames held out for the before/after report
     C.ADAPT.ENHANCE = "auto"            # the teacher's night mode (lowlevel/enhancers.py)
     C.ADAPT.TEACHER_INPUT = "both"      # the teacher sees: raw | enhanced | both (fused)
+    C.ADAPT.STUDENT_INPUT = "raw"       # the student trains/is measured on: raw | enhanced
     C.ADAPT.SCALES = [1.0]              # teacher passes: resize factors (each also flipped)
     C.ADAPT.FLIP = True
     C.ADAPT.FUSION = "wbf"              # merging the teacher's passes: wbf | nms

@@ -31,7 +31,7 @@ helps, and removing the fine-grained noise before it helps most (docs/NIGHT.md).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import cv2
@@ -61,6 +61,12 @@ class AutoRule:
     clahe_clip: float = 2.0        # cv2 clipLimit
     dim_clahe_clip: float = 3.0
     clahe_grid: int = 8            # cv2 tileGridSize
+
+
+def rule_from_config(section) -> AutoRule:
+    """``auto``'s thresholds from a config section (``cfg.NIGHT``: one key per field of
+    :class:`AutoRule`); the defaults there equal :class:`AutoRule`'s."""
+    return AutoRule(**{f.name: type(f.default)(section[f.name]) for f in fields(AutoRule)})
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,19 @@ def test_gamma_table_in_front_of_an_onnx_graph(tmp_path):
     np.testing.assert_allclose(out, want, atol=1e-4)
     with pytest.raises(ValueError, match="cannot be written"):
         prepend_enhancer(path, "auto", mean, std)
+
+
+def test_auto_rule_is_config_keys_whose_defaults_are_the_rule():
+    """NIGHT.* holds every threshold of ``auto``; the defaults equal AutoRule's, and a changed
+    key reaches the rule (a bright pass-through threshold above 255 makes auto enhance)."""
+    from data.config import load_config
+    cfg = load_config(None, [])
+    assert E.rule_from_config(cfg.NIGHT) == E.AutoRule()
+    cfg = load_config(None, ["NIGHT.pass_mean=300.0", "NIGHT.clean_mean=300.0",
+                             "NIGHT.clahe_grid=4"])
+    rule = E.rule_from_config(cfg.NIGHT)
+    assert rule.pass_mean == 300.0 and rule.clahe_grid == 4 and isinstance(rule.clahe_grid, int)
+    bright = np.full((32, 32, 3), 180, np.uint8)
+    bright[8:24, 8:24] = 60
+    assert E.build_enhancer("auto")(bright) is bright
+    assert not np.array_equal(E.build_enhancer("auto", rule=rule)(bright), bright)

@@ -55,7 +55,7 @@ from data.config_check import validate  # noqa: E402
 from data.image_folder import write_image_atomic  # noqa: E402
 from data.media import FrameStats, iter_frames, probe  # noqa: E402
 from data.predictions import format_detections, format_wider  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
 from models.inference import FaceDetector, load_net  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     if args.landmarks and getattr(detector, "num_landmarks", 0) == 0:
         raise ValueError(f"--landmarks: MODEL.NAME={cfg.MODEL.NAME} has no landmarks")
     el_weights = args.el_weights or (cfg.ENHANCE.WEIGHTS if args.enhance == "el" else None)
-    enhancer = build_enhancer(args.enhance, el_weights, device)
+    enhancer = build_enhancer(args.enhance, el_weights, device, rule_from_config(cfg.NIGHT))
     tester = make_tester(detector, args.mode)
     video = Path(str(args.input)).stem if info.kind == "video" else (
         f"camera{args.input}" if info.kind == "camera" else None)

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
 from models.inference import FaceDetector, load_net  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     rgb = read_rgb(args.image)
     if args.enhance != "none":
         el_weights = args.el_weights or (cfg.ENHANCE.WEIGHTS if args.enhance == "el" else None)
-        enhance = build_enhancer(args.enhance, el_weights, device)
+        enhance = build_enhancer(args.enhance, el_weights, device, rule_from_config(cfg.NIGHT))
         rgb = np.ascontiguousarray(enhance(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
     detector = load_detector(args, cfg, device)
     # landmarks (YuNet, RetinaFace) are drawn in single mode; voting does not vote them
