@@ -552,7 +552,9 @@ def adapted() -> Method:
             raise Skipped(f"adapted at --adapt-levels {ctx.args.adapt_levels} only (CPU time)")
         return {"preset": digest(preset("configs/adapt_to_night.yaml")),
                 "weights": digest(ctx.weights("yunet_n")),
-                "extra": ctx.args.adapt_args, "level": level.name}
+                "extra": ctx.args.adapt_args, "level": level.name,
+                "code": code_digest("tools/adapt_to_night.py", "adapt/pseudo/night.py",
+                                    "adapt/pseudo/night_student.py", "lowlevel/enhancers.py")}
 
     def build(ctx: Context, level: Level) -> Detect:
         def make():
@@ -568,15 +570,27 @@ def adapted() -> Method:
                     run.with_suffix(".log"))
                 if not weights.is_file():
                     raise RuntimeError(f"tools/adapt_to_night.py left no {weights}")
-            return released_detector("yunet_n", weights)
+            return released_detector("yunet_n", weights, adapted_enhance(weights))
         return ctx.once(("adapt", level.name), make)
     return Method("adapt", "released yunet_n adapted by tools/adapt_to_night.py to the level's "
-                  "own night photos (their labels only score it)", key, build)
+                  "own night photos (their labels only score it), scored behind the enhancer "
+                  "it trained behind (ADAPT.STUDENT_INPUT=enhanced: its --enhance, default "
+                  "auto; raw: none)", key, build)
+
+
+def adapted_enhance(weights: Path) -> str:
+    """The --enhance the adapted detector is deployed behind: the tool's ADAPT.ENHANCE when its
+    student trained on enhanced frames, else none."""
+    from utils.checkpoint import load_file
+    adapt = load_file(weights, "adapted weights")["config"]["ADAPT"]
+    return adapt["ENHANCE"] if adapt.get("STUDENT_INPUT", "raw") == "enhanced" else "none"
 
 
 ADAPTED_WEIGHTS = "adapted.pth"
-# A CPU-sized adaptation: rounds of 10 steps, at most 3, stop after one without progress.
-ADAPT_ARGS = ("ADAPT.ROUND_STEPS=10", "ADAPT.MAX_ROUNDS=3", "ADAPT.PATIENCE=1",
+# A CPU-sized adaptation: input 320, rounds of 15 steps, at most 3, stop after one without
+# progress.
+ADAPT_ARGS = ("YUNET.INPUT_SIZE=320", "PSEUDO.BATCH_SIZE=4", "ADAPT.SYNTH_BATCH_SIZE=4",
+              "ADAPT.ROUND_STEPS=15", "ADAPT.MAX_ROUNDS=3", "ADAPT.PATIENCE=1",
               "RUN.NUM_WORKERS=0")
 NOT_RUN = {
     "hla": "HLA for YuNet needs E(L)-brightened and D(H)-noised copies of the target images and "
