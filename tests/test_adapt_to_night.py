@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.pseudo.night import FrameSet, collect_frames, greedy_matches, split_frames
-from adapt.pseudo.night_student import build_loaders, night_records, synth_records
+from adapt.pseudo.night import (SCORE_KEY, FrameSet, collect_frames, greedy_matches,
+                                holdout_metrics, split_frames)
+from adapt.pseudo.night_student import (build_loaders, enhanced_records, night_records,
+                                        synth_records)
 from data.config import load_config
 from data.pseudo_labels import PseudoRecord
 from tools import adapt_to_night as tool
@@ -63,6 +65,8 @@ def test_two_steps_then_exact_resume(shared_data, footage, tmp_path):
     assert adapted["config"]["MODEL"]["NAME"] == "yunet_n"
     report = (straight / "report.md").read_text()
     assert "before" in report and "agreed confident faces" in report
+    assert "behind --enhance auto" in report              # the preset's STUDENT_INPUT=enhanced
+    assert SCORE_KEY in before and "holdout_confident" in before
 
     split = tmp_path / "split"
     assert run_tool(shared_data, footage, split, *SMALL, "ADAPT.MAX_ROUNDS=1",
@@ -117,6 +121,9 @@ def test_clear_errors(tmp_path, caplog):
     assert tool.main(["--weights", str(weights), "--images", str(tmp_path), "--out",
                       str(tmp_path / "run"), "ADAPT.PATIENCE=0"]) == 2
     assert "ADAPT.PATIENCE" in caplog.text
+    assert tool.main(["--weights", str(weights), "--images", str(tmp_path), "--out",
+                      str(tmp_path / "run"), "ADAPT.STUDENT_INPUT='dark'"]) == 2
+    assert "ADAPT.STUDENT_INPUT='dark'" in caplog.text
 
 
 def test_split_and_matching():
@@ -151,3 +158,41 @@ def test_records_split_by_score(tmp_path):
     with pytest.raises(OSError, match="frames.json"):
         frames.read(0)
     json.dumps([r.path for r in night])
+
+
+class FixedTeacher:
+    """A stand-in teacher: fused labels ``t``; the plain pass ``s`` on the night-mode copy
+    (the bright one), ``s_raw`` on the raw (black) frame."""
+
+    def __init__(self, t, s, s_raw):
+        self.t, self.s, self.s_raw = t, s, s_raw
+
+    def label(self, raw, night):
+        return self.t
+
+    def plain(self, bgr):
+        return self.s if bgr.any() else self.s_raw
+
+
+def test_holdout_score_counts_scores_down_to_low(tmp_path):
+    for sub, value in (("raw", 0), ("night", 60)):
+        (tmp_path / sub).mkdir()
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / sub / f"{i:06d}.png"), np.full((8, 8, 3), value, np.uint8))
+    frames = FrameSet(tmp_path, ["a", "b"], [0], [1])
+    box = lambda x, score: [x, 0, x + 10, 10, score]                      # noqa: E731
+    teacher = np.array([box(0, 0.9), box(20, 0.4), box(60, 0.2)])
+    student = np.array([box(0, 0.45), box(20, 0.35), box(40, 0.32)])     # all under HIGH
+    cfg = load_config([str(tool.PRESET)], ["PSEUDO.HIGH=0.6", "PSEUDO.LOW=0.3"])
+    fake = FixedTeacher(teacher, student, student[:0])
+    m = holdout_metrics(fake, frames, cfg)
+    assert list(m)[0] == SCORE_KEY and m[SCORE_KEY] == 2      # 2 faces agreed >= LOW
+    assert all(type(v) is float for v in m.values())        # a checkpoint loads them safely
+    assert m["holdout_agreement_low"] == pytest.approx(2 * 2 / (3 + 2))
+    assert m["holdout_agreed"] == 0 and m["holdout_agreement"] == 0.0   # nothing >= HIGH
+    assert m["holdout_confident"] == 0 and m["holdout_teacher_confident"] == 1
+    cfg.ADAPT.STUDENT_INPUT = "raw"                          # measured on the raw frame
+    assert holdout_metrics(fake, frames, cfg)[SCORE_KEY] == 0
+    night = night_records([PseudoRecord.from_detections("r.png", (64, 64), teacher)], 0.6, 0.3)
+    moved = enhanced_records(night, {"r.png": "n.png"})
+    assert moved[0].path == "n.png" and moved[0].labels.tolist() == night[0].labels.tolist()

@@ -17,9 +17,13 @@ first (then ``--config`` files, the flags and the overrides). What happens (docs
    in a strong view, on camera-model darkened copies of the confident frames and, with
    ``--labelled``, on labelled daylight images; an EMA mean teacher follows it and labels the
    frames again at the start of every round;
-4. after every round the held-out numbers (agreed confident faces, teacher-student agreement,
-   confident faces) are measured; a better score writes ``RUN/adapted.pth``; the run stops
-   after ADAPT.PATIENCE rounds without improvement or ADAPT.MAX_ROUNDS rounds;
+4. after every round the held-out numbers are measured (the score: faces per frame found by
+   both the adapted detector's plain pass and its night-mode teacher, scores down to
+   PSEUDO.LOW; also the teacher-student agreement and the confident faces); a better score writes
+   ``RUN/adapted.pth``; the run stops after ADAPT.PATIENCE rounds without improvement or
+   ADAPT.MAX_ROUNDS rounds. With ``ADAPT.STUDENT_INPUT=enhanced`` the student trains and is
+   measured on the night-mode copies: the adapted detector is meant to run behind
+   ``--enhance`` (the same enhancer);
 5. at the end: ``RUN/adapted.onnx`` (checked with onnxruntime) and ``RUN/report.md`` /
    ``report.html`` with the numbers before and after and example frames in ``RUN/examples/``.
 
@@ -42,11 +46,13 @@ if str(ROOT) not in sys.path:                 # run as `python tools/adapt_to_ni
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from adapt.pseudo.night import (SCORE_KEY, FrameSet, NightTeacher, collect_frames,  # noqa: E402
-                                label_frames, round_labels)
+from adapt.pseudo.night import (SCORE_KEY, STUDENT_INPUTS, FrameSet,  # noqa: E402
+                                NightTeacher, collect_frames, holdout_metrics, label_frames,
+                                round_labels, student_view)
 from adapt.pseudo.night_report import example_image, write_report  # noqa: E402
-from adapt.pseudo.night_student import (build_loaders, labelled_records,  # noqa: E402
-                                        next_batch, night_records, synth_records)
+from adapt.pseudo.night_student import (build_loaders, enhanced_records,  # noqa: E402
+                                        labelled_records, next_batch, night_records,
+                                        synth_records)
 from data import config as config_lib  # noqa: E402
 from data.config import ConfigError  # noqa: E402
 from data.media import source_kind  # noqa: E402
@@ -113,6 +119,9 @@ def check_config(cfg) -> None:
             raise ConfigError(f"config key ADAPT.{key}={a[key]} must be >= 0")
     if a.KEEP not in ("ema", "student"):
         raise ConfigError(f"config key ADAPT.KEEP={a.KEEP!r} must be ema or student")
+    if a.STUDENT_INPUT not in STUDENT_INPUTS:
+        raise ConfigError(f"config key ADAPT.STUDENT_INPUT={a.STUDENT_INPUT!r} must be one of "
+                          f"{', '.join(STUDENT_INPUTS)}")
     if a.FUSION not in ("wbf", "nms"):
         raise ConfigError(f"config key ADAPT.FUSION={a.FUSION!r} must be wbf or nms")
     world = dist.world_size()
@@ -236,7 +245,10 @@ class Adaptation:
         dist.barrier()
         records = round_labels(path, make)
         night = {str(frames.raw(i).resolve()): str(frames.night(i)) for i in frames.train}
-        parts = {"night": night_records(records, cfg.PSEUDO.HIGH, cfg.PSEUDO.LOW),
+        faces = night_records(records, cfg.PSEUDO.HIGH, cfg.PSEUDO.LOW)
+        if cfg.ADAPT.STUDENT_INPUT == "enhanced":
+            faces = enhanced_records(faces, night)
+        parts = {"night": faces,
                  "synth": synth_records(records, night, cfg.PSEUDO.HIGH, cfg.PSEUDO.LOW),
                  "labelled": self.labelled}
         loaders = build_loaders(cfg, round_, parts, self.rank, self.world,
@@ -252,7 +264,7 @@ class Adaptation:
         if dist.is_main():
             module = self.adapted_module()
             teacher = NightTeacher.of_module(module, cfg, self.device)
-            metrics = holdout(teacher, self.frameset, cfg)
+            metrics = holdout_metrics(teacher, self.frameset, cfg)
             st.history.append({"step": step, **metrics})
             self.run_.meters.write_values(step, metrics)
             if metrics[SCORE_KEY] > st.best + cfg.ADAPT.MIN_DELTA or not st.history[:-1]:
@@ -277,6 +289,7 @@ class Adaptation:
     def run(self, enhancer) -> int:
         cfg = self.cfg
         self.frameset = self.frames(enhancer)
+        self.enhancer = enhancer if cfg.ADAPT.STUDENT_INPUT == "enhanced" else None
         log.info("%d frames: %d to train on, %d held out", len(self.frameset.names),
                  len(self.frameset.train), len(self.frameset.holdout))
         self.labelled = labelled_records(cfg) if cfg.ADAPT.LABELLED else []
@@ -324,7 +337,8 @@ class Adaptation:
         cfg, progress = self.cfg, self.progress_
         round_ = self.loaders.round
         images, targets, counts, skipped = next_batch(self.loaders, cfg, self.spec,
-                                                      progress.step, self.rank, self.device)
+                                                      progress.step, self.rank, self.device,
+                                                      enhancer=self.enhancer)
         with autocast(self.device, cfg.RUN.AMP):
             out = self.ddp(images)
         losses = self.criterion(out, targets, tuple(images.shape[-2:]))
@@ -367,6 +381,7 @@ class Adaptation:
                 "footage": f"{cfg.ADAPT.IMAGES}: {len(self.frameset.names)} frames, "
                            f"{len(self.frameset.train)} trained on, "
                            f"{len(self.frameset.holdout)} held out",
+                "student input": deployment(cfg),
                 "night mode": f"--enhance {cfg.ADAPT.ENHANCE}, teacher input "
                               f"{cfg.ADAPT.TEACHER_INPUT}, scales {list(cfg.ADAPT.SCALES)}, "
                               f"flip {cfg.ADAPT.FLIP}",
@@ -381,6 +396,16 @@ class Adaptation:
         for key in st.before:
             print(f"{key}: before {st.before[key]:.3f}, after {after[key]:.3f}")
         print(f"adapted weights {folder / ADAPTED}; ONNX {onnx}; report {md}")
+
+
+def deployment(cfg) -> str:
+    """How the adapted detector is meant to run (ADAPT.STUDENT_INPUT)."""
+    if cfg.ADAPT.STUDENT_INPUT == "enhanced":
+        return (f"enhanced: trained and measured on the --enhance {cfg.ADAPT.ENHANCE} copies; "
+                f"run the adapted detector behind --enhance {cfg.ADAPT.ENHANCE} (the ONNX "
+                f"file expects enhanced frames)")
+    return "raw: trained and measured on the raw frames; run the adapted detector without " \
+           "--enhance"
 
 
 def export_onnx(net, cfg, path: Path, frames: FrameSet) -> str:
@@ -416,17 +441,13 @@ def draw_examples(original, adapted, cfg, frames: FrameSet, folder: Path) -> lis
     out = []
     for k, i in enumerate(frames.holdout[:cfg.ADAPT.EXAMPLES]):
         raw, night = frames.read(i)
-        before, after = (t.plain(raw) for t in nets)
+        before, after = (t.plain(student_view(raw, night, cfg.ADAPT.STUDENT_INPUT))
+                         for t in nets)
         image = example_image(night, before, after, cfg.PSEUDO.HIGH)
         rel = f"examples/{k:02d}.png"
         write_image_atomic(np.asarray(image), folder / rel)
         out.append((frames.names[i], rel))
     return out
-
-
-def holdout(teacher: NightTeacher, frames: FrameSet, cfg) -> dict:
-    from adapt.pseudo.night import holdout_metrics
-    return holdout_metrics(teacher, frames, cfg.PSEUDO.HIGH, cfg.ADAPT.MATCH_IOU)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The report page of a night adaptation run: ``report.md`` and ``report.html`` beside the
 adapted weights, with the held-out numbers before and after, every round's numbers and example
 held-out frames drawn with the detections of the original and of the adapted detector (each one
-plain pass on the raw frame, drawn on the frame's night-mode copy so that the faces can be
-seen)."""
+plain pass on the frame the student sees, ADAPT.STUDENT_INPUT: raw or night-mode copy; drawn on
+the night-mode copy so that the faces can be seen)."""
 from __future__ import annotations
 
 import html
@@ -15,7 +15,11 @@ from PIL import Image
 from data.files import write_text_atomic
 from utils.visualize import draw_detections
 
-LABELS = {"holdout_agreed": "agreed confident faces per held-out frame",
+LABELS = {"holdout_agreed_low": "faces per held-out frame found by both the deployed detector "
+                                "and its night-mode teacher, scores >= PSEUDO.LOW (the score "
+                                "the run maximises)",
+          "holdout_agreement_low": "teacher-student agreement, scores >= PSEUDO.LOW (F1)",
+          "holdout_agreed": "agreed confident faces per held-out frame",
           "holdout_agreement": "teacher-student agreement (F1 of the confident sets)",
           "holdout_confident": "confident faces per held-out frame (deployed detector)",
           "holdout_teacher_confident": "confident faces per held-out frame (night-mode teacher)"}

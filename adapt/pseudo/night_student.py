@@ -14,6 +14,10 @@ and then a photometric strong view, so the weak view's boxes stay the targets:
   (at least one face >= PSEUDO.HIGH), taken in their night-mode copy (brightened), with the same
   labels, then darkened by the camera model (data/camera.py, preset ``ADAPT.DARKEN_PRESET``):
   realistic dark images whose faces are known, darker than most of the footage.
+* With ``ADAPT.STUDENT_INPUT=enhanced`` the student learns the domain it is deployed in (behind
+  ``--enhance``): the night part takes the frames' night-mode copies (:func:`enhanced_records`)
+  and the synthetic part runs the camera-darkened copies through the same enhancer again
+  (``enhancer`` of :func:`next_batch`, BGR uint8 in and out) before the photometric jitter.
 * **labelled daylight** (``ADAPT.LABELLED_BATCH_SIZE``, only with ``ADAPT.LABELLED``): the
   user's labelled images in any format of data/annotations.py, each camera-darkened with
   probability ``ADAPT.LABELLED_DARKEN_PROB``, else the photometric strong view.
@@ -63,6 +67,12 @@ def synth_records(records: list[PseudoRecord], night_paths: dict[str, str], high
             out.append(FaceRecord(night_paths[face.path], face.boxes, face.landmarks,
                                   face.labels, face.size))
     return out
+
+
+def enhanced_records(records: list[FaceRecord], night_paths: dict[str, str]) -> list[FaceRecord]:
+    """``records`` of raw frames as records of their night-mode copies (``night_paths``)."""
+    return [FaceRecord(night_paths[r.path], r.boxes, r.landmarks, r.labels, r.size)
+            for r in records]
 
 
 def labelled_records(cfg) -> list[FaceRecord]:
@@ -147,13 +157,28 @@ def camera_dark(x: Tensor, spec, seeds: list[int], preset: str) -> Tensor:
     return from_pixels(dark.flip(1) if bgr else dark, spec.mean, spec.std).to(x.device)
 
 
+def enhanced_view(x: Tensor, spec, enhancer) -> Tensor:
+    """``enhancer`` (BGR uint8 HxWx3 -> same) applied to each image of the normalised batch
+    ``x``; normalised the same way, on ``x``'s device."""
+    import numpy as np
+    pixels, _ = to_pixels(x.cpu(), spec.channel_order, spec.mean, spec.std)
+    bgr = pixels if spec.channel_order == "BGR" else pixels.flip(1)
+    u8 = bgr.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.stack([np.ascontiguousarray(enhancer(np.ascontiguousarray(im))) for im in u8])
+    out = torch.from_numpy(out).permute(0, 3, 1, 2).to(pixels.dtype)
+    out = out if spec.channel_order == "BGR" else out.flip(1)
+    return from_pixels(out, spec.mean, spec.std).to(x.device)
+
+
 def _seeds(gens: list[torch.Generator]) -> list[int]:
     return [int(torch.randint(0, 2 ** 62, (1,), generator=g)) for g in gens]
 
 
-def strong_view(name: str, weak: Tensor, cfg, spec, step: int, first: int) -> Tensor:
+def strong_view(name: str, weak: Tensor, cfg, spec, step: int, first: int,
+                enhancer=None) -> Tensor:
     """The strong view of part ``name`` (module doc); ``first``: the position of ``weak``'s
-    first image in the part's global batch."""
+    first image in the part's global batch; ``enhancer``: applied after the camera model
+    (``ADAPT.STUDENT_INPUT=enhanced``)."""
     n, device = len(weak), weak.device
     gens = lambda tag: sample_generators(cfg.RUN.SEED, step, first, n, device,  # noqa: E731
                                          name=f"adapt_{name}_{tag}")
@@ -163,7 +188,8 @@ def strong_view(name: str, weak: Tensor, cfg, spec, step: int, first: int) -> Te
     if name == "synth":
         view = strong_augment(weak, spec.channel_order, spec.mean, spec.std, gens("jitter"),
                               StrongAugParams(lowlight_prob=0.0, noise_prob=0.0))
-        return camera_dark(view, spec, _seeds(cpu_gens("camera")), cfg.ADAPT.DARKEN_PRESET)
+        dark = camera_dark(view, spec, _seeds(cpu_gens("camera")), cfg.ADAPT.DARKEN_PRESET)
+        return dark if enhancer is None else enhanced_view(dark, spec, enhancer)
     view = strong_augment(weak, spec.channel_order, spec.mean, spec.std, gens("jitter"),
                           photometric) if cfg.PSEUDO.STRONG_AUG else weak
     if name == "labelled" and cfg.ADAPT.LABELLED_DARKEN_PROB > 0:
@@ -177,9 +203,10 @@ def strong_view(name: str, weak: Tensor, cfg, spec, step: int, first: int) -> Te
 
 
 def next_batch(loaders: NightLoaders, cfg, spec, step: int, rank: int, device,
-               memory_format=torch.contiguous_format):
+               memory_format=torch.contiguous_format, enhancer=None):
     """``(images, targets, counts, skipped)`` of optimizer step ``step + 1``: every part's
-    strong view, concatenated; ``counts``: faces and ignore regions per image, per part."""
+    strong view, concatenated; ``counts``: faces and ignore regions per image, per part;
+    ``enhancer``: see :func:`strong_view`."""
     images, targets, counts, skipped = [], [], {}, 0
     for name in PARTS:
         loader = loaders.loaders.get(name)
@@ -188,7 +215,7 @@ def next_batch(loaders: NightLoaders, cfg, spec, step: int, rank: int, device,
         weak, part_targets, part_skipped = next(loader)
         weak = weak.to(device, non_blocking=True)
         part_targets = [t.to(device, non_blocking=True) for t in part_targets]
-        images.append(strong_view(name, weak, cfg, spec, step, rank * len(weak)))
+        images.append(strong_view(name, weak, cfg, spec, step, rank * len(weak), enhancer))
         targets += part_targets
         skipped += part_skipped
         labels = torch.cat([t[:, 4] for t in part_targets]) if part_targets else torch.zeros(0)
