@@ -89,7 +89,7 @@ SIZE = 256          # DSFD training images are resized to SIZE x SIZE
 WIDTH = 0.125       # DSFD channel multiplier
 YUNET_SIZE = 256    # YuNet training input (square)
 DSFD_THRESH = (0.05, 0.3)     # score, NMS: test.py's DSFD defaults (DETECT.*)
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("HLA_SHARED_DATA", ROOT.parent / "shared" / "data"))   # as the tests
 ENHANCERS = ("none", "gamma", "clahe", "auto")    # part 1's columns (lowlevel/enhancers.py)
 
 # The two lengths of the demo; the command-line knobs override single values.
