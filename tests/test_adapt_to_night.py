@@ -30,6 +30,17 @@ def dusk(bgr: np.ndarray) -> np.ndarray:
     return np.round(255.0 * lin ** (1 / 2.2)).astype(np.uint8)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the runs here are tiny, and two threads on a loaded 2-core machine
+    cost far more than they save (the resume test: about 50 s with 2 threads at load 3-4, 4 s
+    with one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def footage(shared_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("night")
