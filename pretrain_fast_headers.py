@@ -14,7 +14,7 @@ Departures from the reference's script, on purpose:
 * the detector weights (MODEL.WEIGHTS) are loaded first; the reference never loads them and
   pre-trains on a random detector. SSL.PRETRAIN_LOAD_DETECTOR=False reproduces that.
 * a checkpoint is written every SSL.PRETRAIN_SAVE_EVERY steps **and after the last step** (the
-  reference's loop ends one step short of its final save), by the engine (``utils/engine.py``:
+  reference's loop ends one step short of its final save), by the engine (``engine/run.py``:
   atomic, finite, a locked run folder), and ``--resume`` continues exactly (optimizer, queues
   and every loader's position).
 
@@ -43,7 +43,8 @@ from models.hla_trainer import HLATrainer, trainer_state_dict
 from models.inference import autocast
 from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
 from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
-from utils import dist, engine
+from utils import dist
+from engine import run as engine
 from utils.checkpoint import init_detector
 from utils.logger import setup_logging
 

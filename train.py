@@ -22,7 +22,7 @@ script runs DDP (nccl on GPUs, gloo on CPUs, several machines with the usual tor
 SOLVER.BATCH_SIZE and SSL.BATCH_SIZE are global batches, split evenly over the processes.
 
 The run folder (``RUN.OUTPUT_DIR/<run name>/``) and its checkpoints are the engine's
-(``utils/engine.py``): ``ckpt_<step>.pth`` every RUN.CKPT_EVERY steps, at the end and on SIGTERM
+(``engine/run.py``): ``ckpt_<step>.pth`` every RUN.CKPT_EVERY steps, at the end and on SIGTERM
 or Ctrl-C, written atomically and only when every tensor is finite; ``--resume auto`` (or a path)
 continues a run exactly (queues and the position of every task loader included) and refuses
 config changes outside the resumable keys; a NaN/Inf loss or gradient stops the run naming the
@@ -48,21 +48,22 @@ from torch.nn.parallel import DistributedDataParallel
 from adapt.zero_shot import build_zero_shot
 from data.darkface import drop_held_out, held_out_ids
 from data.detection_datasets import build_train_dataset
-from data.files import resolve_path
+from utils.files import resolve_path
 from data.loaders import build_detection_loader, require_file
 from data.pseudo_labels import (detections_to_targets, pseudo_label_loader, read_pseudo_labels,
                                 to_face_record)
 from data.ssl_datasets import stream_seed
 from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
 from data.strong_aug import StrongAugParams, sample_generators, strong_augment
-from evaluation.validation import build_validation
+from engine.validation import build_validation
 from models.factory import build_net, get_entry, ssl_input_is_bgr
 from models.hla_trainer import (HLATrainer, average_batchnorm_statistics, init_heads,
                                 trainer_state_dict)
 from models.ema import ModelEMA
 from models.inference import autocast
 from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
-from utils import dist, engine
+from utils import dist
+from engine import run as engine
 from utils.checkpoint import init_detector
 from utils.logger import setup_logging
 from utils.schedule import ReferenceSchedule

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from data import config as config_lib
-from data.files import WriteError
+from utils.files import WriteError
 from models.factory import build_net
 from models.hla_trainer import trainer_state_dict
 from models.ssl_tasks import SSL_TASKS

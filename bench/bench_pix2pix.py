@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed  # noqa: E402
 from models.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,  # noqa: E402
                             set_test_mode)
-from utils.gan import pix2pix_step                           # noqa: E402
+from engine.gan import pix2pix_step                           # noqa: E402
 
 REFERENCE_STEPS = 200 * 6000 // 8
 N_WIDER_TRAIN = 12880

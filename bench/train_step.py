@@ -35,7 +35,7 @@ from models.dsfd_vgg import DSFD                                             # n
 from models.hla_trainer import HLATrainer                                    # noqa: E402
 from models.inference import autocast                                        # noqa: E402
 from models.ssl_tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks  # noqa: E402
-from utils import engine                                                     # noqa: E402
+from engine import run as engine                                   # noqa: E402
 
 
 def parse_args(argv=None):

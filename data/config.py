@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
 
-from data.files import write_text_atomic
+from utils.files import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -349,7 +349,7 @@ def default_config() -> EasyDict:
     C.RUN.EVAL_EVERY = 0                # train.py: AP on FACE.SRC_VAL_FILE every N steps; 0 = off
     C.RUN.EVAL_IMAGES = 0               # evaluate the first N images of that list; 0 = all
     C.RUN.EVAL_PROTOCOL = "darkface"    # darkface: val_ap | wider: val_ap_wider (all faces) | both
-    C.RUN.EVAL_METRIC = "val_ap"        # the metric best.pth maximises (evaluation/validation.py)
+    C.RUN.EVAL_METRIC = "val_ap"        # the metric best.pth maximises (engine/validation.py)
     C.RUN.TENSORBOARD = True
     C.RUN.DDP_BACKEND = "auto"          # auto: nccl on CUDA, gloo otherwise
     return C

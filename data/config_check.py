@@ -3,7 +3,7 @@
 :func:`data.config.load_config` checks that keys exist and types fit; :func:`validate` checks
 that the values make sense before anything is built: counts and cadences are positive, rates and
 probabilities lie in their ranges, choices are among the known ones, vectors have their length.
-Every entry point that trains calls it (through ``utils.engine.resolve_run``), so a typo such as
+Every entry point that trains calls it (through ``engine.run.resolve_run``), so a typo such as
 ``RUN.LOG_EVERY=0`` fails in the first second with ``ConfigError: config key RUN.LOG_EVERY=0
 must be > 0`` instead of as a ZeroDivisionError hours later.
 

@@ -2,7 +2,7 @@
 
 The low-level tools (enhancement, blurring, noise synthesis) all read a folder of images and
 write one output per input. A job is a list of ``(source, destination)`` pairs; outputs are
-written atomically (:mod:`data.files`), so an output that exists is complete, and an interrupted
+written atomically (:mod:`utils.files`), so an output that exists is complete, and an interrupted
 run resumes by skipping the pairs already done.
 
 This module holds the project's one list of image extensions and its one image decoder
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.files import remove_stale_temps, write_bytes_atomic  # noqa: F401  (re-exported)
+from utils.files import remove_stale_temps, write_bytes_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from data.files import resolve_path
+from utils.files import resolve_path
 from data.samplers import ResumableSampler
 from data.detection_datasets import build_train_dataset
 from data.widerface import detection_collate

@@ -32,7 +32,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from data.files import write_text_atomic
+from utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from data.augmentations import distort_image, normalize_image
-from data.files import resolve_path
+from utils.files import resolve_path
 from data.permutations import PERMUTATIONS
 from data.samplers import ResumableSampler
 from data.widerface import MAX_DRAWS, UNREADABLE, Record, load_rgb, parse_list_file

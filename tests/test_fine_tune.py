@@ -1,4 +1,4 @@
-"""Validation in every annotation format (evaluation/validation.py) and the two-phase fine-tune
+"""Validation in every annotation format (engine/validation.py) and the two-phase fine-tune
 (tools/fine_tune.py): schedule, chosen phase-2 start, resume and skip, and one short run for
 RetinaFace (a ``module.`` file) and YuNet (the released mmdetection file)."""
 import json
@@ -13,7 +13,7 @@ from torch import nn
 from data import config as config_lib
 from data.config import ConfigError
 from data.config_check import validate
-from evaluation import validation
+from engine import validation
 from evaluation.darkface import evaluate_darkface_boxes
 from evaluation.widerface import WiderGT, evaluate_widerface_boxes
 from models.factory import build_net

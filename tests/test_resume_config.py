@@ -8,7 +8,7 @@ import torch
 import train
 from data import config as config_lib
 from tests.helpers import make_tiny_wider, tiny_train_overrides
-from utils import engine
+from engine import run as engine
 from utils.checkpoint import load_file
 
 

@@ -11,7 +11,7 @@ import torch
 import train
 from data import config as config_lib
 from tests.helpers import ROOT, make_tiny_wider, tiny_train_overrides
-from utils import engine
+from engine import run as engine
 from utils.checkpoint import load_file
 
 HOLD = """
@@ -19,7 +19,7 @@ import sys, time, torch
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from data import config as config_lib
-from utils import engine
+from engine import run as engine
 cfg = config_lib.load_config((), ["RUN.OUTPUT_DIR={out}", "RUN.NAME=run"])
 with engine.Run(Path("{out}") / "run", cfg, None, torch.device("cpu")):
     print("holding", flush=True)

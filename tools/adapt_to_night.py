@@ -28,7 +28,7 @@ first (then ``--config`` files, the flags and the overrides). What happens (docs
    ``report.html`` with the numbers before and after and example frames in ``RUN/examples/``.
 
 One process (GPU or CPU) or ``torchrun --nproc_per_node=N tools/adapt_to_night.py ...`` (DDP).
-The run folder is the engine's (utils/engine.py): a lock, atomic checkpoints, ``--resume auto``
+The run folder is the engine's (engine/run.py): a lock, atomic checkpoints, ``--resume auto``
 continues exactly (the same flags), a NaN stops the run naming the loss terms.
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E40
 from models.ema import ModelEMA, unwrap  # noqa: E402
 from models.factory import get_entry  # noqa: E402
 from models.inference import FaceDetector, autocast, load_net  # noqa: E402
-from utils import dist, engine  # noqa: E402
+from utils import dist  # noqa: E402
+from engine import run as engine  # noqa: E402
 from utils.checkpoint import load_file  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402
 from utils.schedule import ReferenceSchedule  # noqa: E402

@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from data.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
 from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
                                pending, read_rgb, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402

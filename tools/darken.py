@@ -27,7 +27,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data import camera  # noqa: E402
 from data.image_folder import IMAGE_EXTENSIONS, list_image_files, mirror_pairs  # noqa: E402
-from data.files import write_bytes_atomic  # noqa: E402
+from utils.files import write_bytes_atomic  # noqa: E402
 
 
 def parse_sets(items: list[str], preset: str) -> tuple[str, dict]:

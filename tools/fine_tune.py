@@ -24,7 +24,7 @@ chosen checkpoint of phase 1 (``best``: its best.pth; ``last``: its final checkp
 ``--nproc P`` starts it under torchrun), detection loss only (configs/detection_only.yaml, under
 the user's presets), in ``RUN.OUTPUT_DIR/<name>_phase1`` and ``<name>_phase2``, each with its
 log lines, ``metrics.jsonl``, TensorBoard, one checkpoint and one evaluation on the validation
-set per epoch (evaluation/validation.py: ``val_ap`` = the DARK FACE protocol, ``val_ap_wider`` =
+set per epoch (engine/validation.py: ``val_ap`` = the DARK FACE protocol, ``val_ap_wider`` =
 the WIDER FACE protocol with every face kept; ``--protocol both`` by default) and its
 ``best.pth`` on ``--metric``. An epoch is ``ceil(ceil(images / P) / (SOLVER.BATCH_SIZE / P))``
 steps, the images being those of the training file with at least one face (what the training
@@ -66,10 +66,10 @@ from data import config as config_lib  # noqa: E402
 from data.annotations import detect_format  # noqa: E402
 from data.config_check import validate  # noqa: E402
 from data.detection_datasets import read_training_records  # noqa: E402
-from data.files import resolve_path, write_text_atomic  # noqa: E402
-from evaluation.validation import validation_records  # noqa: E402
+from utils.files import resolve_path, write_text_atomic  # noqa: E402
+from engine.validation import validation_records  # noqa: E402
 from utils.checkpoint import checkpoint_steps, load_file  # noqa: E402
-from utils.engine import BEST_FILE, RESUME_KEYS  # noqa: E402
+from engine.run import BEST_FILE, RESUME_KEYS  # noqa: E402
 
 log = logging.getLogger("fine_tune")
 

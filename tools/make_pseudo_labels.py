@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
-from data.files import remove_stale_temps, resolve_path, write_text_atomic  # noqa: E402
+from utils.files import remove_stale_temps, resolve_path, write_text_atomic  # noqa: E402
 from data.pseudo_labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E402
                                 relative_image_path, write_pseudo_labels)
 from layers.box_fusion import FUSION, fuse_teachers  # noqa: E402

@@ -15,7 +15,7 @@ seeded by (RUN.SEED, epoch, image index), so each epoch sees new darkness and no
 run the same ones. Point ENHANCE.TRAIN_DIR at daylight photos (docs/LOW_LEVEL.md).
 
 Runs go to ``RUN.OUTPUT_DIR/<RUN.NAME or "enhancer">/``, a run folder of the engine
-(``utils/engine.py``) like train.py's: ``config.yaml``, ``log.txt``, ``metrics.jsonl``,
+(``engine/run.py``) like train.py's: ``config.yaml``, ``log.txt``, ``metrics.jsonl``,
 TensorBoard, a checkpoint ``ckpt_<step>.pth`` at the end of every epoch, every RUN.CKPT_EVERY
 steps and on SIGTERM / Ctrl-C (atomic, finite; ``--resume auto`` continues exactly), and
 ``enhancer_final.pth``: a plain 14-tensor state dict in the format of
@@ -38,13 +38,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from data.files import resolve_path  # noqa: E402
+from utils.files import resolve_path  # noqa: E402
 from data.image_folder import UNREADABLE, list_image_files, load_rgb  # noqa: E402
 from data.lowlight_model import camera_spec, darken_tensor  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
 from layers.enhance_losses import EnhanceLoss  # noqa: E402
 from models.enhancement import EnhanceNet, init_weights  # noqa: E402
-from utils import engine  # noqa: E402
+from engine import run as engine  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402
 
 log = logging.getLogger("train_enhancer")

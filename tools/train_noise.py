@@ -15,9 +15,9 @@ decay towards zero; no pool of generated images. Per step: D on (A, G(A)) as fak
 real, each half-weighted; then G with D frozen.
 
 Runs go to ``RUN.OUTPUT_DIR/<RUN.NAME or "noise_pix2pix">/``, a run folder of the engine
-(``utils/engine.py``) as train.py's (config.yaml, log.txt, metrics.jsonl, TensorBoard,
+(``engine/run.py``) as train.py's (config.yaml, log.txt, metrics.jsonl, TensorBoard,
 ``ckpt_<step>.pth`` at epoch ends, every RUN.CKPT_EVERY steps and on SIGTERM / Ctrl-C;
-``--resume auto``); the update itself is ``utils/gan.py``'s; ``G_final.pth`` is the plain
+``--resume auto``); the update itself is ``engine/gan.py``'s; ``G_final.pth`` is the plain
 generator state dict that ``tools/synthesize_noise.py`` reads (NOISE.GENERATOR_WEIGHTS).
 Real training needs a GPU (docs/LOW_LEVEL.md has the CPU step time).
 """
@@ -36,13 +36,13 @@ if str(ROOT) not in sys.path:                 # run as `python tools/train_noise
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from data.files import resolve_path  # noqa: E402
+from utils.files import resolve_path  # noqa: E402
 from data.image_folder import list_image_files  # noqa: E402
 from data.noise_synthesis import PairedCrops, collate_pairs  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
 from models.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
-from utils import engine  # noqa: E402
-from utils.gan import linear_decay, pix2pix_step  # noqa: E402
+from engine import run as engine  # noqa: E402
+from engine.gan import linear_decay, pix2pix_step  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402
 
 log = logging.getLogger("train_noise")

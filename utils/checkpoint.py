@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from data.files import atomic_write, resolve_path
+from utils.files import atomic_write, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` atomically (see :mod:`data.files`); raises ``WriteError`` naming ``path``
+    """``torch.save`` atomically (see :mod:`utils.files`); raises ``WriteError`` naming ``path``
     on failure, leaving any previous file intact."""
     return atomic_write(path, lambda f: torch.save(obj, f))
 

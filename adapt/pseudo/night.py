@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from data.files import write_text_atomic
+from utils.files import write_text_atomic
 from data.image_folder import write_image_atomic
 from data.media import FrameStats, camera_index, count_frames, iter_frames
 from data.pseudo_labels import PseudoRecord, read_pseudo_labels, write_pseudo_labels

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data.files import write_text_atomic
+from utils.files import write_text_atomic
 from utils.visualize import draw_detections
 
 LABELS = {"holdout_agreed_low": "faces per held-out frame found by both the deployed detector "

@@ -41,7 +41,7 @@ import torch
 
 from data import config as config_lib
 from data.config_check import validate
-from data.files import WriteError, remove_stale_temps, resolve_path
+from utils.files import WriteError, remove_stale_temps, resolve_path
 from utils import dist
 from utils.checkpoint import (atomic_save, checkpoint_steps, latest_checkpoint, load_file,
                               non_finite_tensors, prune_checkpoints, rng_state, set_rng_state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils import engine
+from engine import run as engine
 
 
 def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -20,7 +20,7 @@ def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
 
 def pix2pix_step(G, D, opt_g, opt_d, real_a, real_b, lambda_l1: float, step: int = 0) -> dict:
     """One pix2pix update (D, then G). Returns the loss terms, detached; the D terms carry their
-    0.5 weight, G_L1 its lambda. Raises :class:`utils.engine.NonFiniteError` before an update
+    0.5 weight, G_L1 its lambda. Raises :class:`engine.run.NonFiniteError` before an update
     whose loss or gradients are not finite (``step`` numbers it in the message)."""
     fake_b = G(real_a)
     D.requires_grad_(True)

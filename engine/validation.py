@@ -24,7 +24,7 @@ Pytorch_Retinaface's WIDER FACE test), and the detections are scored against the
   the "hard" AP (which ignores the faces outside ``wider_hard_val.mat``'s keep lists).
   ``both`` reports both.
 * The metrics come back as a dict whose first entry is RUN.EVAL_METRIC: the engine keeps
-  ``best.pth`` on the first metric (``utils.engine.Run.evaluate``).
+  ``best.pth`` on the first metric (``engine.run.Run.evaluate``).
 
 :func:`score_detections` is the scoring on its own, for predictions made elsewhere.
 """
@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.annotations import FaceRecord, detect_format, read_annotations
-from data.files import resolve_path
+from utils.files import resolve_path
 from data.image_folder import read_rgb
 from evaluation.darkface import evaluate_darkface_boxes
 from evaluation.widerface import SETTINGS, WiderGT, evaluate_widerface_boxes, to_int32
