@@ -56,7 +56,7 @@ from adapt.pseudo.night_student import (build_loaders, enhanced_records,  # noqa
 from data import config as config_lib  # noqa: E402
 from data.config import ConfigError  # noqa: E402
 from data.media import source_kind  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
 from models.ema import ModelEMA, unwrap  # noqa: E402
 from models.factory import get_entry  # noqa: E402
 from models.inference import FaceDetector, autocast, load_net  # noqa: E402
@@ -164,7 +164,8 @@ def main(argv=None) -> int:
         device = dist.pick_device(cfg.RUN.DEVICE)
         dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
         check_config(cfg)
-        enhancer = build_enhancer(cfg.ADAPT.ENHANCE, args.el_weights, device)
+        enhancer = build_enhancer(cfg.ADAPT.ENHANCE, args.el_weights, device,
+                                  rule_from_config(cfg.NIGHT))
         with engine.Run(run_dir, cfg, resume, device, args.overwrite, (ADAPTED, ONNX)) as run:
             return Adaptation(cfg, resume, run, device, not args.no_progress).run(enhancer)
     except engine.RunError as exc:
