@@ -44,6 +44,7 @@ from models.factory import build_net, get_entry                      # noqa: E40
 from models.inference import FaceDetector                            # noqa: E402
 from models.onnx_runner import onnx_runner                           # noqa: E402
 import real_weights                                                  # noqa: E402
+from timing import interleaved                                        # noqa: E402
 
 
 def network(name: str, cfg, shared: Path):
@@ -73,21 +74,6 @@ def pipelines(name: str, net, cfg, threads: int, tmp: Path) -> dict:
     return {"torch fp32 (before)": lambda rgb: before(rgb[None])[0],
             "torch fast (after)": lambda rgb: after(rgb[None])[0],
             "onnxruntime": runner.detect_one}
-
-
-def interleaved(pipes: dict, photos: dict, rounds: int) -> dict[str, list[float]]:
-    """Per pipeline, ms per image of each round (every photo once per round)."""
-    for fn in pipes.values():
-        for rgb in photos.values():
-            fn(rgb)                                  # warm-up: kernels per shape
-    times = {k: [] for k in pipes}
-    for _ in range(rounds):
-        for k, fn in pipes.items():
-            t = time.perf_counter()
-            for rgb in photos.values():
-                fn(rgb)
-            times[k].append(1e3 * (time.perf_counter() - t) / len(photos))
-    return times
 
 
 def breakdown(det: FaceDetector, photos: dict, rounds: int) -> tuple[float, float, float]:

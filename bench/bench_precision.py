@@ -28,7 +28,6 @@ import copy
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_amp import match                                         # noqa: E402
+from timing import interleaved                                      # noqa: E402
 from data.config import load_config                                 # noqa: E402
 from models.factory import build_net                                # noqa: E402
 from models.inference import FaceDetector                           # noqa: E402
@@ -84,16 +84,8 @@ def agreement(dets: dict, ref: str, other: str) -> tuple[int, int, float]:
 
 
 def speed(dets_fns: dict, photos: dict, rounds: int) -> dict[str, float]:
-    for fn in dets_fns.values():
-        fn(next(iter(photos.values())))
-    times = {k: [] for k in dets_fns}
-    for _ in range(rounds):
-        for k, fn in dets_fns.items():
-            t = time.perf_counter()
-            for rgb in photos.values():
-                fn(rgb)
-            times[k].append(1e3 * (time.perf_counter() - t) / len(photos))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median ms per image of each pipeline (bench/timing.py's interleaved rounds)."""
+    return {k: statistics.median(v) for k, v in interleaved(dets_fns, photos, rounds).items()}
 
 
 def family_rows(name: str, net, photos: dict, rounds: int, device, source: str,
