@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:                 # run as `python bench/night_bench
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from data import camera  # noqa: E402
 from data.annotations import FaceRecord, read_annotations, write_annotations  # noqa: E402
 from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
 
@@ -63,9 +64,13 @@ SEED = 16                     # darkening seed base: photo k uses (SEED, k) at e
 LABEL_SCORE = 0.5             # the released YuNet_n's clean detections >= this: fine-tuning labels
 YUNET_THRESH = (0.02, 0.45)   # the released test setting (configs/models/yunet_n.yaml)
 # The DARK FACE frame (issue 16): the darkest level must fall in these ranges.
-DARKFACE_RANGES = {"mean": (2.0, 6.0), "zeros": (35.0, 60.0), "p99": (25.0, 60.0)}
-DARKFACE_FRAME = {"mean": 3.6, "zeros": 49.0, "p50": 1.0, "p95": 16.0, "p99": 41.0,
-                  "B": 3.1, "G": 3.5, "R": 4.0}
+# data/camera.py's DARK FACE frame and target ranges, in this table's keys (zeros in %)
+_KEYS = {"mean": "mean_luma", "zeros": "zeros", "p50": "median", "p95": "p95", "p99": "p99",
+         "B": "mean_b", "G": "mean_g", "R": "mean_r"}
+_PERCENT = {"zeros": 100.0}
+DARKFACE_RANGES = {k: tuple(v * _PERCENT.get(k, 1.0) for v in camera.DARKFACE_TARGETS[_KEYS[k]])
+                   for k in ("mean", "zeros", "p99")}
+DARKFACE_FRAME = {k: camera.DARKFACE_FRAME[v] * _PERCENT.get(k, 1.0) for k, v in _KEYS.items()}
 
 
 @dataclass(frozen=True)

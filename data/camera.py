@@ -67,6 +67,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -614,9 +615,9 @@ DARKFACE_TARGETS = {"mean_luma": (2.0, 6.0), "zeros": (0.35, 0.60), "p99": (25.0
 
 
 def luma(image_bgr: np.ndarray) -> np.ndarray:
-    """8-bit luma of an HxWx3 uint8 BGR image (BT.601 weights, rounded, as OpenCV's grey)."""
-    y = image_bgr[..., 0] * 0.114 + image_bgr[..., 1] * 0.587 + image_bgr[..., 2] * 0.299
-    return np.round(y).astype(np.uint8)
+    """8-bit luma of an HxWx3 uint8 BGR image: OpenCV's grey (BT.601 weights), the one luma of
+    the calibration, the night benchmark and the night mode."""
+    return cv2.cvtColor(np.ascontiguousarray(image_bgr), cv2.COLOR_BGR2GRAY)
 
 
 def night_statistics(dark_bgr: np.ndarray) -> dict:

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from data import enhance_baselines as baselines
+from data.camera import luma
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
 
@@ -88,11 +89,6 @@ def check_bgr(image: np.ndarray) -> None:
             and image.shape[2] == 3):
         raise ValueError(f"an enhancer takes an HxWx3 uint8 BGR image, got "
                          f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
-
-
-def luma(bgr: np.ndarray) -> np.ndarray:
-    """HxW uint8 luma (ITU-R BT.601 weights, as cv2's BGR2GRAY)."""
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
 
 
 def estimate_noise(gray: np.ndarray) -> float:
