@@ -49,7 +49,7 @@ from data.config_check import validate
 from data.loaders import identity_collate
 from data.predictions import ImageFiles, Outputs, list_images
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
-from models.enhancement import enhance_uint8, load_enhancer
+from lowlevel.enhancement import enhance_uint8, load_enhancer
 from models.inference import build_face_detector
 from models.test_time import Pass, TestTimeDetector, reference_passes
 from utils import dist

@@ -47,21 +47,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from adapt.zero_shot import build_zero_shot
 from data.darkface import drop_held_out, held_out_ids
-from data.detection_datasets import build_train_dataset
+from models.registry import build_train_dataset
 from utils.files import resolve_path
 from data.loaders import build_detection_loader, require_file
-from data.pseudo_labels import (detections_to_targets, pseudo_label_loader, read_pseudo_labels,
+from adapt.pseudo.labels import (detections_to_targets, pseudo_label_loader, read_pseudo_labels,
                                 to_face_record)
 from data.ssl_datasets import stream_seed
-from data.ssl_tasks import build_ssl_loaders, next_ssl_batches
-from data.strong_aug import StrongAugParams, sample_generators, strong_augment
+from adapt.hla.task_data import build_ssl_loaders, next_ssl_batches
+from adapt.pseudo.strong_view import StrongAugParams, sample_generators, strong_augment
 from engine.validation import build_validation
-from models.factory import build_net, get_entry, ssl_input_is_bgr
-from models.hla_trainer import (HLATrainer, average_batchnorm_statistics, init_heads,
+from models.registry import build_net, get_entry, ssl_input_is_bgr
+from adapt.hla.trainer import (HLATrainer, average_batchnorm_statistics, init_heads,
                                 trainer_state_dict)
-from models.ema import ModelEMA
+from adapt.pseudo.ema import ModelEMA
 from models.inference import autocast
-from models.ssl_tasks import build_tasks, check_moco_batch, tagged_run_name
+from adapt.hla.tasks import build_tasks, check_moco_batch, tagged_run_name
 from utils import dist
 from engine import run as engine
 from utils.checkpoint import init_detector
@@ -172,8 +172,8 @@ def restore_checkpoint(ckpt, trainer, optimizer, scheduler, scaler, cfg) -> engi
 #    weak and strong views, the mean teacher --
 
 PL_PREFIX = "pl_"                        # the loss terms of the target batch: pl_loc_pal2, ...
-# Every registry detector's loss takes ignore rows (label -1): layers/multibox_loss.py,
-# layers/retinaface_loss.py, layers/yunet_loss.py.
+# Every registry detector's loss takes ignore rows (label -1): models/dsfd/loss.py,
+# models/retinaface/loss.py, models/yunet/loss.py.
 
 
 def loss_weights(trainer: HLATrainer, cfg) -> Callable[[str], float]:
@@ -210,7 +210,7 @@ def build_pseudo_loader(cfg, rank: int, world: int, pin: bool):
 
 def drop_held_out_ids(cfg, records: list) -> list:
     """PSEUDO.LIST's records without the held-out DARK FACE ids (DARKFACE.FILTER_TRAIN), as the
-    self-supervised target list (data/ssl_tasks.py)."""
+    self-supervised target list (adapt/hla/task_data.py)."""
     if not cfg.DARKFACE.FILTER_TRAIN:
         return records
     if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():
@@ -239,7 +239,7 @@ class Student:
     loader: Any = None                   # data.ssl_datasets.CyclingLoader
     ema: ModelEMA | None = None
     postprocess: Callable | None = None  # the registry's: (out, size) -> [k, 5 + 2L] rows
-    spec: Any = None                     # models.detector.InputSpec
+    spec: Any = None                     # models.interface.InputSpec
 
     def batch(self, step: int, rank: int, device, memory_format) -> PseudoBatch | None:
         """The target batch of optimizer step ``step + 1``: the weak view's labels (the fixed
@@ -265,7 +265,7 @@ class Student:
                 for d in dets]
 
     def strong_view(self, weak: torch.Tensor, step: int, rank: int) -> torch.Tensor:
-        """Photometric only (data/strong_aug.py), so the weak view's boxes stay valid. Each
+        """Photometric only (adapt/pseudo/strong_view.py), so the weak view's boxes stay valid. Each
         image draws from (RUN.SEED, step, its position in the global batch) alone: a resumed
         run is exact and N processes draw what one process draws."""
         n = len(weak)
@@ -390,7 +390,9 @@ def train_loop(cfg, resume, run: engine.Run, device, local_batch: int, world: in
         else trainer
 
     pin = device.type == "cuda"
-    loader, sampler = build_detection_loader(cfg, local_batch, rank, world, pin_memory=pin)
+    dataset = build_train_dataset(cfg, require_file(cfg.FACE.SRC_TRAIN_FILE, "FACE.SRC_TRAIN_FILE"),
+                                  cfg.FACE.DATA_ROOT, cfg.RUN.SEED)
+    loader, sampler = build_detection_loader(cfg, dataset, local_batch, rank, world, pin_memory=pin)
     ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, cfg.SSL.BATCH_SIZE, rank, world, pin)
     if resume is not None:
         engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))

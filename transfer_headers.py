@@ -23,9 +23,9 @@ import torch
 
 from data import config as config_lib
 from utils.files import WriteError
-from models.factory import build_net
-from models.hla_trainer import trainer_state_dict
-from models.ssl_tasks import SSL_TASKS
+from models.registry import build_net
+from adapt.hla.trainer import trainer_state_dict
+from adapt.hla.tasks import SSL_TASKS
 from utils.checkpoint import atomic_save, load_file, strip_prefix
 
 log = logging.getLogger("transfer_headers")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.lowlight_model import CameraSpec, camera_spec, darken_tensor
-from data.strong_aug import from_pixels, to_pixels
+from adapt.pseudo.strong_view import from_pixels, to_pixels
 
 CONSISTENCY_TERM = "zs_consistency"          # the loss-dict name (already weighted)
 SEED_TAG = 0x2E0_5407                          # keeps these seeds apart from other streams'
@@ -102,7 +102,7 @@ def batchnorm_statistics_kept(module: nn.Module):
 class ZeroShot:
     """What ``ZERO_SHOT.ENABLE`` adds to a train.py step (see the module docstring)."""
     seed: int
-    spec: Any                              # models.detector.InputSpec
+    spec: Any                              # models.interface.InputSpec
     camera: CameraSpec
     clean: bool = True
     weight: float = 0.0                    # ZERO_SHOT.CONSISTENCY

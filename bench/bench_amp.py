@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.config import load_config                         # noqa: E402
-from models.factory import build_net                        # noqa: E402
+from models.registry import build_net                        # noqa: E402
 from models.inference import FaceDetector                   # noqa: E402
-from models.yunet import load_yunet_weights                 # noqa: E402
+from models.yunet.net import load_yunet_weights                 # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP_SCORE, MATCH_IOU = 0.5, 0.5

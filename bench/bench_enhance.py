@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed  # noqa: E402
-from data import enhance_baselines as baselines              # noqa: E402
+from lowlevel import classic as baselines              # noqa: E402
 from data.image_folder import encode_image                   # noqa: E402
-from models.enhancement import EnhanceNet, enhance_uint8     # noqa: E402
+from lowlevel.enhancement import EnhanceNet, enhance_uint8     # noqa: E402
 
 N_DARK_FACE = 6000
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from data.config import load_config                                  # noqa: E402
-from models.factory import build_net, get_entry                      # noqa: E402
+from models.registry import build_net, get_entry                      # noqa: E402
 from models.inference import FaceDetector                            # noqa: E402
 from models.onnx_runner import onnx_runner                           # noqa: E402
 import real_weights                                                  # noqa: E402

@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed  # noqa: E402
 from data.config import default_config                      # noqa: E402
-from layers.anchors import make_anchors, vgg_feature_sizes   # noqa: E402
-from layers.detect import postprocess                        # noqa: E402
-from models.dsfd_vgg import DSFD                             # noqa: E402
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes   # noqa: E402
+from models.dsfd.postprocess import postprocess                        # noqa: E402
+from models.dsfd.net import DSFD                             # noqa: E402
 from models.inference import FaceDetector                    # noqa: E402
 
 

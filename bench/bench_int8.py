@@ -61,7 +61,7 @@ from data.config import load_config  # noqa: E402
 from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
 from models.onnx_deploy import (ImageCalibrationReader, qdq_counts,  # noqa: E402
                                 quantize_int8)
-from models.onnx_runner import DECODERS, onnx_runner, session  # noqa: E402
+from models.onnx_runner import onnx_decoder, onnx_runner, session  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DLIB_FILES = ("training.xml", "testing.xml")
@@ -184,13 +184,13 @@ def level_images(records: Sequence[FaceRecord], overrides: dict | None) -> list[
 
 def load_network(cfg, shared: Path):
     """(network, whether its weights are trained): YuNet's released weights, else random."""
-    from models.factory import build_net
+    from models.registry import build_net
     torch.manual_seed(0)
     net = build_net(cfg).eval()
     name = cfg.MODEL.NAME
     weights = shared / "yunet" / f"{name}.pth"
     if name.startswith("yunet") and weights.is_file():
-        from models.yunet import load_yunet_weights
+        from models.yunet.net import load_yunet_weights
         load_yunet_weights(net, weights)
         return net, True
     return net, False
@@ -201,12 +201,12 @@ def write_graphs(cfg, net, calibration: Sequence[Path], variants: Sequence[str],
     """fp32 export and one int8 graph per variant; prints the quantisation summary."""
     import onnx
 
-    from models.factory import get_entry
+    from models.registry import get_entry
     name = cfg.MODEL.NAME
     graphs = {"fp32": out / f"{name}.fp32.onnx"}
     get_entry(name).export_onnx(net, graphs["fp32"])
     nodes = list(onnx.load(str(graphs["fp32"])).graph.node)
-    to_feeds = DECODERS[name](cfg).inputs
+    to_feeds = onnx_decoder(cfg).inputs
     for variant in variants:
         kwargs, excluded = VARIANTS[variant]
         path = out / f"{name}.{variant.replace(' ', '_')}.onnx"
@@ -327,7 +327,7 @@ def bench_model(name: str, args, calibration: Sequence[Path], records, levels, o
     print(f"\n== {name} ({'released weights' if trained else 'random weights: latency only'})")
     graphs = write_graphs(cfg, net, calibration, args.variants, out)
     import skimage.data
-    to_feeds = DECODERS[name](cfg).inputs
+    to_feeds = onnx_decoder(cfg).inputs
     speed = {}
     for size in args.sizes:
         rgb = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)

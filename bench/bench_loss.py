@@ -14,8 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed  # noqa: E402
 from data.config import default_config                                     # noqa: E402
-from layers.anchors import make_anchors, vgg_feature_sizes                  # noqa: E402
-from layers.multibox_loss import MultiBoxLoss, match_anchors, pad_targets   # noqa: E402
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes                  # noqa: E402
+from models.dsfd.loss import MultiBoxLoss, match_anchors, pad_targets   # noqa: E402
 
 
 def random_faces(n: int, size: int, gen: torch.Generator) -> torch.Tensor:

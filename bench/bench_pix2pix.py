@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed  # noqa: E402
-from models.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,  # noqa: E402
+from lowlevel.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,  # noqa: E402
                             set_test_mode)
 from engine.gan import pix2pix_step                           # noqa: E402
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_amp import match                                         # noqa: E402
 from timing import interleaved                                      # noqa: E402
 from data.config import load_config                                 # noqa: E402
-from models.factory import build_net                                # noqa: E402
+from models.registry import build_net                                # noqa: E402
 from models.inference import FaceDetector                           # noqa: E402
 from utils.precision import family_of, resolve_precision            # noqa: E402
 import real_weights                                                 # noqa: E402

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import timed                                   # noqa: E402
-from layers.retinaface_loss import RetinaFaceLoss                # noqa: E402
-from layers.retinaface_priors import detect_faces, prior_boxes   # noqa: E402
-from models.retinaface import RetinaFace, export_retinaface_onnx  # noqa: E402
+from models.retinaface.loss import RetinaFaceLoss                # noqa: E402
+from models.retinaface.priors import detect_faces, prior_boxes   # noqa: E402
+from models.retinaface.net import RetinaFace, export_retinaface_onnx  # noqa: E402
 
 CPU = torch.device("cpu")
 

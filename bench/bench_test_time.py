@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.config import default_config                                      # noqa: E402
 from layers.box_voting import box_vote                                       # noqa: E402
-from models.dsfd_vgg import DSFD                                             # noqa: E402
+from models.dsfd.net import DSFD                                             # noqa: E402
 from models.inference import FaceDetector                                    # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes       # noqa: E402
 

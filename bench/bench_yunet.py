@@ -8,9 +8,9 @@ for about ``--seconds``; the table gives the best round and the median over roun
 per-round ratio to the official ONNX, which cancels most of the noise of a shared machine):
 
 * ``torch``: ``InputSpec.to_input`` (RGB uint8 -> BGR float, pad to 32), the eager network
-  (BatchNorm unfused), :class:`layers.yunet_postprocess.YuNetPostprocess`; ``torch (BN
-  folded)``: the same with ``models.yunet.fuse_batchnorm``'s copy;
-* ``onnx (ours)``: ``models.yunet.export_yunet_onnx`` (dynamic) in onnxruntime, numpy
+  (BatchNorm unfused), :class:`models.yunet.postprocess.YuNetPostprocess`; ``torch (BN
+  folded)``: the same with ``models.yunet.net.fuse_batchnorm``'s copy;
+* ``onnx (ours)``: ``models.yunet.net.export_yunet_onnx`` (dynamic) in onnxruntime, numpy
   pre-processing, ``YuNetPostprocess.from_onnx``;
 * ``onnx (official)``: ``yunet_<v>_dynamic.onnx`` with the same pre- and post-processing;
 * ``cv2.FaceDetectorYN``: OpenCV's own pipeline on the official fixed-size ONNX (its DNN engine
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layers.yunet_postprocess import YuNetPostprocess                    # noqa: E402
-from models.detector import InputSpec                                   # noqa: E402
-from models.yunet import (YuNet, export_yunet_onnx, fuse_batchnorm,   # noqa: E402
+from models.yunet.postprocess import YuNetPostprocess                    # noqa: E402
+from models.interface import InputSpec                                   # noqa: E402
+from models.yunet.net import (YuNet, export_yunet_onnx, fuse_batchnorm,   # noqa: E402
                           load_yunet_weights)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -427,7 +427,7 @@ def released(model: str, enhance: str) -> Method:
             raise Unavailable("needs --el-weights (an E(L) trained on camera-model night copies)")
         return {"model": model, "weights": digest(ctx.weights(model)), "enhance": enhance,
                 "el": digest(Path(el)) if el else None,
-                "code": code_digest("lowlevel/enhancers.py", "data/enhance_baselines.py")}
+                "code": code_digest("lowlevel/enhancers.py", "lowlevel/classic.py")}
 
     def build(ctx: Context, level: Level) -> Detect:
         el = ctx.args.el_weights if enhance == "el" else None

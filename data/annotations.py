@@ -559,3 +559,11 @@ def write_annotations(records: Iterable[FaceRecord], path: str | Path, fmt: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as f:
         f.writelines(line + "\n" for line in lines)
+
+
+def read_training_records(cfg, list_file, root) -> list[FaceRecord]:
+    """FaceRecords of a training list ``list_file`` in FACE.SRC_FORMAT (``auto`` sniffs it);
+    images under FACE.IMAGE_ROOT, or for the WIDER list ``root`` (FACE.DATA_ROOT)."""
+    fmt = cfg.FACE.SRC_FORMAT if cfg.FACE.SRC_FORMAT != "auto" else detect_format(list_file)
+    image_root = cfg.FACE.IMAGE_ROOT or (root if fmt == "wider" else None)
+    return read_annotations(Path(list_file), fmt, root=image_root)

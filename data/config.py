@@ -244,9 +244,9 @@ def default_config() -> EasyDict:
     C.PSEUDO.LOW = 0.3                  # LOW <= score < HIGH: ignored; below LOW: background
     C.PSEUDO.WEIGHT = 1.0               # weight of every pseudo-label detection term (pl_*)
     C.PSEUDO.BATCH_SIZE = 8             # global, split over the processes like SOLVER.BATCH_SIZE
-    C.PSEUDO.STRONG_AUG = True          # student: strong photometric view (data/strong_aug.py)
+    C.PSEUDO.STRONG_AUG = True          # student: strong photometric view (adapt/pseudo/strong_view.py)
     C.PSEUDO.STRONG_LOWLIGHT_PROB = 0.0  # strong view: extra darkening + sensor noise
-    # the mean teacher: an EMA of the student's detector (models/ema.py)
+    # the mean teacher: an EMA of the student's detector (adapt/pseudo/ema.py)
     C.EMA = EasyDict()
     C.EMA.ENABLE = False
     C.EMA.DECAY = 0.9996

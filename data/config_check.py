@@ -8,7 +8,7 @@ Every entry point that trains calls it (through ``engine.run.resolve_run``), so 
 must be > 0`` instead of as a ZeroDivisionError hours later.
 
 The MODEL section and the detector-specific sections are checked by their detector's entry
-(``models/factory.py``); here only ``MODEL.WIDTH``.
+(``models/registry.py``); here only ``MODEL.WIDTH``.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from torch.utils.data import DataLoader
 
 from utils.files import resolve_path
 from data.samplers import ResumableSampler
-from data.detection_datasets import build_train_dataset
 from data.widerface import detection_collate
 
 
@@ -25,13 +24,10 @@ def require_file(path: str, key: str) -> Path:
     return p
 
 
-def build_detection_loader(cfg, local_batch: int, rank: int, world: int,
+def build_detection_loader(cfg, dataset, local_batch: int, rank: int, world: int,
                            pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
-    """The labelled detection loader: shuffled, no drop_last, one shard per rank, with the
-    augmentation of MODEL.NAME (data/detection_datasets.py; DSFD: the reference's WIDER
-    loader)."""
-    list_file = require_file(cfg.FACE.SRC_TRAIN_FILE, "FACE.SRC_TRAIN_FILE")
-    dataset = build_train_dataset(cfg, list_file, cfg.FACE.DATA_ROOT, cfg.RUN.SEED)
+    """The labelled detection loader over ``dataset`` (MODEL.NAME's training dataset,
+    ``models.registry.build_train_dataset``): shuffled, no drop_last, one shard per rank."""
     sampler = ResumableSampler(len(dataset), cfg.SOLVER.BATCH_SIZE, shuffle=True,
                                seed=cfg.RUN.SEED, rank=rank, world=world)
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,

@@ -2,7 +2,7 @@
 
 Inputs are per image: a list over teachers of ``[n_t, 5]`` pixel arrays ``x1, y1, x2, y2, score``
 (or ``[n_t, 5 + 2L]`` with ``L`` landmarks after the score, the detection convention of
-``models/detector.py``), optionally with the landmarks given separately as ``[n_t, 2L]``. A
+``models/interface.py``), optionally with the landmarks given separately as ``[n_t, 2L]``. A
 teacher without landmarks gives none; in the output its boxes count as having no landmarks
 (all ``-1``). Outputs are :class:`Fused`: ``dets`` ``[m, 5]`` (``[m, 5 + 2L]`` when any teacher
 had landmarks) sorted by descending score, and ``support`` ``[m]``, the number of distinct
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou, nms
 
-MISSING = -1.0          # the landmark marker of a face without landmarks (models/detector.py)
+MISSING = -1.0          # the landmark marker of a face without landmarks (models/interface.py)
 
 
 class Fused(NamedTuple):

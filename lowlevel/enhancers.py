@@ -4,9 +4,9 @@ Every enhancer maps an HxWx3 uint8 BGR image (OpenCV's convention) to an HxWx3 u
 of the same size. :func:`build_enhancer` makes one from a name of :data:`ENHANCE_CHOICES`:
 
 * ``none``: the input itself (the same array, untouched).
-* ``gamma``, ``clahe``, ``lime``: the classical baselines of ``data/enhance_baselines.py``
+* ``gamma``, ``clahe``, ``lime``: the classical baselines of ``lowlevel/classic.py``
   (fixed gamma 2.2; CLAHE on L* with clip 2 on 8x8 tiles; LIME, slow: a sparse solve per image).
-* ``el``: the HLA-Face illumination enhancer E(L) (``models/enhancement.py``); needs its weights
+* ``el``: the HLA-Face illumination enhancer E(L) (``lowlevel/enhancement.py``); needs its weights
   (``--el-weights``).
 * ``<brightener>_<denoiser>`` for brightener ``gamma`` or ``clahe`` and denoiser ``gauss``
   (Gaussian, sigma 1 px), ``median`` (3x3), ``bilateral`` or ``nlm`` (OpenCV's non-local means,
@@ -37,7 +37,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from data import enhance_baselines as baselines
+from lowlevel import classic as baselines
 from data.camera import luma
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
@@ -185,8 +185,8 @@ def _el(el_weights, device) -> Enhancer:
     if not el_weights:
         raise ValueError("--enhance el needs the E(L) weights: give --el-weights FILE "
                          "(an E(L) checkpoint, e.g. from tools/train_enhancer.py)")
-    # lowlevel/ may import models/enhancement.py until E(L) moves into lowlevel/
-    from models.enhancement import enhance_uint8, load_enhancer
+    # lowlevel/ may import lowlevel/enhancement.py until E(L) moves into lowlevel/
+    from lowlevel.enhancement import enhance_uint8, load_enhancer
     net = load_enhancer(el_weights, device, key="--el-weights")
     return _via_rgb(lambda rgb: enhance_uint8(net, rgb))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import enhance_baselines as baselines
+from lowlevel import classic as baselines
 
 GRAPH_ENHANCERS = ("gamma",)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.detector import InputSpec
-from models.factory import build_net, get_entry
+from models.interface import InputSpec
+from models.registry import build_net, get_entry
 from utils.checkpoint import detector_state_dict, load_file
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

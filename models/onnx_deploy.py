@@ -118,38 +118,40 @@ def check_opencv_graph(model, name: str | Path = "graph") -> None:
             raise ValueError(f"{name}: tensor {vi.name!r} has no fixed shape")
 
 
-OPENCV_FAMILIES = ("yunet", "retinaface")
 OPENCV_OPSET = 11       # the official YuNet files' opset; OpenCV 4.x imports it
 
 
-def opencv_input_size(name: str, width: int, height: int) -> tuple[int, int]:
-    """The (H, W) of ``name``'s OpenCV graph for a requested ``width`` x ``height``: YuNet's
-    rounded up to multiples of 32 (``cv2.FaceDetectorYN`` pads its input so), others as is."""
+def opencv_input_size(cfg, width: int, height: int) -> tuple[int, int]:
+    """The (H, W) of ``cfg.MODEL.NAME``'s OpenCV graph for a requested ``width`` x ``height``:
+    rounded up to the family's size divisor (YuNet: 32, as ``cv2.FaceDetectorYN`` pads its
+    input), others as is."""
     if width <= 0 or height <= 0:
         raise ValueError(f"--input-size {width} {height}: both must be positive")
-    if name.startswith("yunet"):
-        return -(-height // 32) * 32, -(-width // 32) * 32
-    return height, width
+    divisor = _opencv_entry(cfg.MODEL.NAME).input_spec(cfg).size_divisor
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+
+def _opencv_entry(name: str):
+    from models.registry import DETECTORS, get_entry
+    entry = get_entry(name)
+    if entry.export_opencv is None:
+        have = [n for n in DETECTORS if get_entry(n).export_opencv is not None]
+        raise ValueError(f"--opencv: MODEL.NAME={name!r} has no OpenCV export (detectors: "
+                         f"{', '.join(have)})")
+    return entry
 
 
 def export_opencv(name: str, net, path: str | Path, size: tuple[int, int]) -> Path:
-    """Export detector ``name`` (``MODEL.NAME``; YuNet or RetinaFace) with its input fixed at
-    ``size`` (H, W, batch 1) and make it OpenCV-loadable (:func:`opencv_graph`); the input and
-    output names and order are those of the family's dynamic export (for YuNet: the official
-    files', which ``cv2.FaceDetectorYN`` reads by name)."""
+    """Export detector ``name`` (``MODEL.NAME``; one whose entry has ``export_opencv``: YuNet,
+    RetinaFace) with its input fixed at ``size`` (H, W, batch 1) and make it OpenCV-loadable
+    (:func:`opencv_graph`); the input and output names and order are those of the family's
+    dynamic export (for YuNet: the official files', which ``cv2.FaceDetectorYN`` reads by
+    name)."""
     import tempfile
-    if not name.startswith(OPENCV_FAMILIES):
-        raise ValueError(f"--opencv: MODEL.NAME={name!r} has no OpenCV export (families: "
-                         f"{', '.join(OPENCV_FAMILIES)})")
+    entry = _opencv_entry(name)
     with tempfile.TemporaryDirectory() as tmp:
         fixed = Path(tmp) / "fixed.onnx"
-        if name.startswith("yunet"):
-            from models.yunet import export_yunet_onnx
-            export_yunet_onnx(net, fixed, dynamic=False, size=size, opset=OPENCV_OPSET)
-        else:
-            from models.retinaface import export_retinaface_onnx
-            export_retinaface_onnx(net, fixed, opset=OPENCV_OPSET, example_size=size,
-                                   dynamic=False)
+        entry.export_opencv(net, fixed, size, OPENCV_OPSET)
         return opencv_graph(fixed, path)
 
 
@@ -238,7 +240,7 @@ def fixed_input_size(path: str | Path) -> tuple[int, int] | None:
 class ImageCalibrationReader:
     """``onnxruntime.quantization.CalibrationDataReader`` over image files: each image is read
     as RGB, fitted to the graph (:func:`fit_image`) and turned into feeds by ``to_feeds`` (the
-    detector's own pre-processing, e.g. ``onnx_runner.DECODERS[name](cfg).inputs``)."""
+    detector's own pre-processing, e.g. ``onnx_runner.onnx_decoder(cfg).inputs``)."""
 
     def __init__(self, paths: Sequence[str | Path], to_feeds: Callable[[np.ndarray], dict],
                  size: tuple[int, int] | None = None, max_side: int | None = 640,

@@ -10,34 +10,18 @@ W), so running it needs two detector-specific pieces, an :class:`OnnxDecoder`:
   size (padding removed), by descending score: the format of
   :class:`models.inference.FaceDetector`.
 
-:data:`DECODERS` maps ``MODEL.NAME`` to ``factory(cfg) -> OnnxDecoder``; the thresholds come
-from ``cfg.DETECT`` (``CONF_THRESH``, ``NMS_THRESH``, ``NMS_TOP_K``, ``TOP_K``), so one override
-sets them for every detector. Registered here:
-
-* ``dsfd_vgg``: ``tools/export_onnx.py``'s graph: ``image`` [1, 3, H, W] RGB minus the mean ->
-  ``loc`` [1, P, 4], ``score`` [1, P]; decoded with the project's anchors and
-  :func:`layers.detect.postprocess`.
-* ``yunet_n``, ``yunet_s``: the official libfacedetection.train export: ``input`` [N, 3, H, W]
-  BGR in 0..255, H and W multiples of 32 (the image is zero-padded bottom/right, as
-  ``cv2.FaceDetectorYN`` does) -> per stride s in 8, 16, 32: ``cls_s``, ``obj_s`` [N, HW, 1]
-  (sigmoids applied), ``bbox_s`` [N, HW, 4], ``kps_s`` [N, HW, 10]; decoded by
-  ``layers.yunet_postprocess.YuNetPostprocess.from_onnx``, the PyTorch path's post-processing
-  (score ``YUNET.SCORE``, NMS boxes ``YUNET.NMS_BOXES``).
-* ``retinaface_mnet``, ``retinaface_r50``: ``models.retinaface.export_retinaface_onnx``'s graph
-  (``loc``, softmax ``conf``, ``landms``), decoded with the registry entry's own input spec and
-  post-processing.
-
-A new detector plugs in with ``register_decoder(name, factory)`` (from its own module, or a
-line in :data:`DECODERS`); :func:`onnx_runner` then runs its export.
+Each family's decoder is its registry entry's ``onnx_decoder(cfg)`` (``models/<family>/onnx.py``);
+the thresholds come from ``cfg.DETECT`` (``CONF_THRESH``, ``NMS_THRESH``, ``NMS_TOP_K``,
+``TOP_K``), so one override sets them for every detector. :func:`onnx_runner` runs an export of
+``MODEL.NAME``; this module holds no per-family code.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
-import torch
 from torch import Tensor
 
 Size = tuple[int, int]
@@ -102,158 +86,15 @@ class OnnxRunner:
         return [self.detect_one(img) for img in images]
 
 
-# ---- DSFD-VGG ----------------------------------------------------------------------------------
-
-class DsfdDecoder:
-    """``tools/export_onnx.py``'s second-shot graph, with the project's anchors and NMS."""
-
-    num_landmarks = 0
-
-    def __init__(self, cfg):
-        from layers.anchors import AnchorGenerator
-        self.cfg = cfg
-        self.anchors = AnchorGenerator(cfg.ANCHOR.STEPS, cfg.ANCHOR.ANCHOR_SIZES2)
-        b, g, r = cfg.AUG.img_mean                     # the config holds the BGR mean
-        self.mean = np.array([r, g, b], dtype=np.float32).reshape(1, 3, 1, 1)
-
-    def inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": rgb.transpose(2, 0, 1)[None].astype(np.float32) - self.mean}
-
-    def decode(self, outputs, input_size, image_size) -> Tensor:
-        from layers.anchors import vgg_feature_sizes
-        from layers.detect import postprocess
-        loc, score = torch.from_numpy(outputs["loc"]), torch.from_numpy(outputs["score"])
-        h, w = input_size                                       # no padding: the image size
-        priors = self.anchors((h, w), vgg_feature_sizes(h, w))
-        # two-class logits with the same softmax: [log(1 - p), log(p)]
-        logits = torch.stack([torch.log1p(-score), torch.log(score)], -1)
-        d = self.cfg.DETECT
-        return postprocess(loc, logits, priors, self.cfg.ANCHOR.VARIANCE, d.CONF_THRESH,
-                           d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K)[0]
-
-
-# ---- YuNet (official export) -------------------------------------------------------------------
-
-YUNET_STRIDES = (8, 16, 32)
-YUNET_DIVISOR = 32
-
-
-class YuNetDecoder:
-    """The official YuNet ONNX layout (module doc), decoded by the PyTorch path's own
-    :meth:`layers.yunet_postprocess.YuNetPostprocess.from_onnx`, so an export and the network
-    give the same detections. Plain values, no config needed: ``top_k`` (candidates into NMS)
-    and ``keep_top_k`` (kept after it) <= 0 mean no cap; ``score`` and ``nms_boxes`` as
-    ``YUNET.SCORE`` / ``YUNET.NMS_BOXES`` (the defaults: OpenCV ``FaceDetectorYN``'s)."""
-
-    num_landmarks = 5
-
-    def __init__(self, score_thresh: float = 0.02, nms_thresh: float = 0.45,
-                 top_k: int = 5000, keep_top_k: int = 750,
-                 strides: Sequence[int] = YUNET_STRIDES, divisor: int = YUNET_DIVISOR,
-                 score: str = "sqrt", nms_boxes: str = "opencv"):
-        from layers.yunet_postprocess import YuNetPostprocess
-        self.post = YuNetPostprocess(strides, score_thresh, nms_thresh, keep_top_k, top_k,
-                                     score, nms_boxes)
-        self.divisor = divisor
-
-    @classmethod
-    def from_config(cls, cfg) -> "YuNetDecoder":
-        d, y = cfg.DETECT, cfg.YUNET
-        return cls(d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K, d.TOP_K, y.STRIDES,
-                   score=y.SCORE, nms_boxes=y.NMS_BOXES)
-
-    def inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
-        h, w = rgb.shape[:2]
-        ph, pw = -h % self.divisor, -w % self.divisor
-        x = np.zeros((1, 3, h + ph, w + pw), dtype=np.float32)
-        x[0, :, :h, :w] = rgb[..., ::-1].transpose(2, 0, 1)        # BGR, 0..255, no mean
-        return {"input": x}
-
-    def decode(self, outputs, input_size, image_size) -> Tensor:
-        from models.yunet import OUTPUT_NAMES
-        d = self.post.from_onnx([outputs[name] for name in OUTPUT_NAMES], input_size)[0]
-        (ih, iw), (h, w) = input_size, image_size
-        if (ih, iw) != (h, w):                      # padded input: normalise by the image
-            scale = torch.tensor([iw / w, ih / h]).repeat(2 + self.num_landmarks)
-            d = torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
-        return d
-
-
-def yunet_decoder(cfg) -> YuNetDecoder:
-    return YuNetDecoder.from_config(cfg)
-
-
-# ---- RetinaFace (models/retinaface.py's export) ------------------------------------------------
-
-class EntryDecoder:
-    """A graph whose outputs are the network's raw outputs: fed with the registry entry's
-    :class:`models.detector.InputSpec` and decoded with its own ``postprocess``.
-    ``to_output(arrays: dict) -> the network's forward output type``."""
-
-    def __init__(self, cfg, to_output: Callable[[dict[str, Tensor]], Any]):
-        from models.factory import get_entry
-        entry = get_entry(cfg.MODEL.NAME)
-        self.spec = entry.input_spec(cfg)
-        self.postprocess = entry.postprocess(cfg)
-        self.num_landmarks = entry.num_landmarks
-        self.to_output = to_output
-
-    def inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
-        x = self.spec.to_input(torch.from_numpy(rgb)[None])
-        return {"image": x.numpy()}
-
-    def decode(self, outputs, input_size, image_size) -> Tensor:
-        out = self.to_output({k: torch.from_numpy(v) for k, v in outputs.items()})
-        with torch.no_grad():
-            d = self.postprocess(out, input_size)[0]
-        (ih, iw), (h, w) = input_size, image_size
-        if (ih, iw) != (h, w):                      # padded input: normalise by the image
-            scale = torch.tensor([iw / w, ih / h]).repeat(2 + self.num_landmarks)
-            d = torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
-        return d
-
-
-def retinaface_decoder(cfg) -> EntryDecoder:
-    from models.retinaface import RetinaFaceOutput
-
-    def to_output(a):
-        # the graph's softmax back to logits: softmax(log p) = p
-        return RetinaFaceOutput(a["loc"], a["conf"].clamp_min(1e-30).log(), a["landms"], [])
-    return EntryDecoder(cfg, to_output)
-
-
-# ---- registry ----------------------------------------------------------------------------------
-
-DECODERS: dict[str, Callable[[Any], OnnxDecoder]] = {
-    "dsfd_vgg": DsfdDecoder,
-    "yunet_n": yunet_decoder,
-    "yunet_s": yunet_decoder,
-    "retinaface_mnet": retinaface_decoder,
-    "retinaface_r50": retinaface_decoder,
-}
-
-
-def register_decoder(name: str, factory: Callable[[Any], OnnxDecoder]) -> None:
-    """Let :func:`onnx_runner` run ``name``'s exports: ``factory(cfg) -> OnnxDecoder``."""
-    DECODERS[name] = factory
+def onnx_decoder(cfg) -> OnnxDecoder:
+    """The :class:`OnnxDecoder` of ``cfg.MODEL.NAME``'s exports (its registry entry's)."""
+    from models.registry import get_entry
+    return get_entry(cfg.MODEL.NAME).onnx_decoder(cfg)
 
 
 def onnx_runner(path: str | Path, cfg, threads: int | None = None) -> OnnxRunner:
     """An :class:`OnnxRunner` for the export ``path`` of ``cfg.MODEL.NAME``."""
-    name = cfg.MODEL.NAME
-    if name not in DECODERS:
-        raise ValueError(f"config key MODEL.NAME={name!r} has no ONNX decoder; known: "
-                         f"{sorted(DECODERS)} (models.onnx_runner.register_decoder adds one)")
-    return OnnxRunner(path, DECODERS[name](cfg), threads)
-
-
-class OnnxFaceDetector(OnnxRunner):
-    """DSFD's export (``tools/export_onnx.py``) with the project's anchors and
-    post-processing: ``OnnxFaceDetector(path, cfg)(rgb) -> [k, 5]`` normalised."""
-
-    def __init__(self, path: str | Path, cfg, threads: int | None = None):
-        super().__init__(path, DsfdDecoder(cfg), threads)
-        self.cfg = cfg
+    return OnnxRunner(path, onnx_decoder(cfg), threads)
 
 
 # ---- FLOPs of a graph --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from adapt.pseudo.night import (SCORE_KEY, FrameSet, collect_frames, greedy_matc
 from adapt.pseudo.night_student import (build_loaders, enhanced_records, night_records,
                                         synth_records)
 from data.config import load_config
-from data.pseudo_labels import PseudoRecord
+from adapt.pseudo.labels import PseudoRecord
 from tools import adapt_to_night as tool
 from utils.checkpoint import load_file
 

@@ -140,10 +140,11 @@ def cycles(graph: dict) -> list:
     return found
 
 
-# The known module circle that the layout move breaks (a family's transforms and the dataset
-# registry import each other lazily); any other circle fails.
-KNOWN_CYCLES = [sorted(["data.detection_datasets", "data.retinaface_transforms",
-                        "data.yunet_transforms"])]
+FAMILIES = ("models.dsfd", "models.yunet", "models.retinaface")
+
+
+def family_of(module: str):
+    return next((f for f in FAMILIES if module == f or module.startswith(f + ".")), None)
 
 
 def test_rules_file_names_every_part():
@@ -159,8 +160,25 @@ def test_no_import_breaks_a_rule():
 
 
 def test_no_import_circle_between_modules():
-    found = [c for c in cycles(import_graph(project_modules())) if c not in KNOWN_CYCLES]
+    found = cycles(import_graph(project_modules()))
     assert not found, found
+
+
+def test_only_the_registry_imports_the_families():
+    """A family folder imports no other family and not the registry; outside models/ and
+    inside it, only models/registry.py imports a family (everything else asks the registry)."""
+    graph = import_graph(project_modules())
+    bad = []
+    for source, targets in graph.items():
+        if part_of(source) not in ("models",):
+            continue
+        for target in targets:
+            home, other = family_of(source), family_of(target)
+            if home and (target == "models.registry" or (other and other != home)):
+                bad.append(f"{source} imports {target}")
+            if other and not home and source != "models.registry":
+                bad.append(f"{source} imports {target}: only models.registry imports a family")
+    assert not bad, "\n".join(bad)
 
 
 def test_no_import_circle_between_parts():

@@ -10,10 +10,11 @@ import torch
 from data.config import default_config, to_dict
 from data.image_folder import read_rgb
 from evaluation.darkface import evaluate_darkface, evaluate_darkface_boxes, load_darkface_gt
-from models.dsfd_vgg import DSFD
-from models.enhancement import EnhanceNet
+from models.dsfd.net import DSFD
+from lowlevel.enhancement import EnhanceNet
 from models.inference import build_face_detector
-from models.onnx_runner import OnnxRunner, YuNetDecoder, onnx_flops, onnx_runner
+from models.onnx_runner import OnnxRunner, onnx_flops, onnx_runner
+from models.yunet.onnx import YuNetDecoder
 from tests.helpers import make_tiny_wider
 from tools import compare_inference as ci
 
@@ -210,7 +211,7 @@ def test_onnx_dsfd_through_the_generic_runner_matches_pytorch(data, det_a, tmp_p
 def test_unknown_onnx_model_names_the_registry():
     cfg = default_config()
     cfg.MODEL.NAME = "ssd"
-    with pytest.raises(ValueError, match="register_decoder"):
+    with pytest.raises(ValueError, match="MODEL.NAME=.ssd. is not one of"):
         onnx_runner("x.onnx", cfg)
 
 
@@ -248,7 +249,7 @@ def test_yunet_onnx_runner_matches_opencv_face_detector_yn(shared_data):
 
 
 def test_retinaface_export_through_the_runner_matches_pytorch(tmp_path):
-    import models.retinaface as rf
+    import models.retinaface.net as rf
     from data.config import load_config
     from models.inference import FaceDetector
     cfg = load_config(overrides=["MODEL.NAME='retinaface_mnet'", "DETECT.CONF_THRESH=0.3"])
@@ -269,7 +270,7 @@ def test_retinaface_export_through_the_runner_matches_pytorch(tmp_path):
 
 
 def test_our_yunet_agrees_with_the_official_export(shared_data):
-    pytest.importorskip("models.yunet", reason="models/yunet.py is not there yet")
+    pytest.importorskip("models.yunet.net", reason="models/yunet/net.py is not there yet")
     import skimage.data
     yunet = shared_data / "yunet"
     ours = ci.build_detector(f"ours:yunet_n:{yunet / 'yunet_n.pth'}", 0.3, 0.45)

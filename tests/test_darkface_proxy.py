@@ -10,7 +10,7 @@ from PIL import Image
 from data import config as config_lib
 from data.darkface import drop_held_out, every_kth, held_out_ids, read_ids
 from data.widerface import parse_list_file
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tools import darkface_proxy
 from utils.checkpoint import atomic_save
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from layers.anchors import make_anchors, vgg_feature_sizes
-from layers.detect import postprocess
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.postprocess import postprocess
 from tests.reference_ports import detect as reference_detect
 
 SIZES2 = [16, 32, 64, 128, 256, 512]

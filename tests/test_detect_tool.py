@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.config import load_config
-from models.factory import build_net
+from models.registry import build_net
 from models.inference import FaceDetector, fold_batchnorm
 from tools import detect
 from utils.precision import resolve_precision
@@ -92,7 +92,7 @@ def test_detect_equals_the_face_detector_and_the_official_onnx(shared_data, tmp_
     assert detect.main(yunet_args(shared_data, listing, tmp_path / "pt", "--precision",
                                   "fp32", "--landmarks", "--format", "darkface")) == 0
     cfg = load_config(overrides=["MODEL.NAME='yunet_n'"])
-    from models.yunet import load_yunet_weights
+    from models.yunet.net import load_yunet_weights
     net = build_net(cfg)
     load_yunet_weights(net, shared_data / "yunet" / "yunet_n.pth")
     det = FaceDetector.from_config(net, cfg, torch.device("cpu"))

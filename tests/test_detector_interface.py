@@ -11,12 +11,12 @@ from torch import nn
 
 from data import config as config_lib
 from data.config import ConfigError, default_config
-from models import factory
-from models.detector import InputSpec, check_interface, pad_to_multiple
-from models.dsfd_vgg import DSFD
-from models.hla_trainer import HLATrainer
+from models import registry
+from models.interface import InputSpec, check_interface, pad_to_multiple
+from models.dsfd.net import DSFD
+from adapt.hla.trainer import HLATrainer
 from models.inference import FaceDetector
-from models.moco import MoCo, _batch_shuffle_ddp, _batch_unshuffle_ddp
+from adapt.hla.moco import MoCo, _batch_shuffle_ddp, _batch_unshuffle_ddp
 
 
 class TinyBNNet(nn.Module):
@@ -78,19 +78,19 @@ def test_registry_rejects_unknown_names_naming_the_key():
     cfg = default_config()
     cfg.MODEL.NAME = "nope"
     with pytest.raises(ValueError, match="MODEL.NAME='nope'"):
-        factory.build_net(cfg)
+        registry.build_net(cfg)
 
 
 def test_dsfd_check_names_the_anchor_key():
     cfg = default_config()
     cfg.ANCHOR.STEPS = [4, 8, 16]
     with pytest.raises(ValueError, match="ANCHOR.STEPS"):
-        factory.build_net(cfg)
+        registry.build_net(cfg)
 
 
 def test_dsfd_input_spec_is_the_reference_normalisation():
     cfg = default_config()
-    spec = factory.get_entry("dsfd_vgg").input_spec(cfg)
+    spec = registry.get_entry("dsfd_vgg").input_spec(cfg)
     img = torch.randint(0, 256, (1, 5, 7, 3), dtype=torch.uint8)
     x = spec.to_input(img)
     expected = img.permute(0, 3, 1, 2).float() - torch.tensor([123.0, 117.0, 104.0]).view(1, 3, 1, 1)

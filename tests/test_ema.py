@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.ema import ModelEMA
+from adapt.pseudo.ema import ModelEMA
 
 
 def tiny(seed=0):

@@ -45,7 +45,7 @@ def test_a_blown_up_learning_rate_never_reaches_a_checkpoint(data, tmp_path, cap
 
 
 def test_a_non_finite_gradient_stops_before_the_step(data, tmp_path, monkeypatch, caplog):
-    from layers.multibox_loss import ProgressiveAnchorLoss
+    from models.dsfd.loss import ProgressiveAnchorLoss
 
     class PoisonedGradient(ProgressiveAnchorLoss):
         calls = 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.enhance_baselines import (clahe, gamma_correct, lime, lime_weights,
+from lowlevel.classic import (clahe, gamma_correct, lime, lime_weights,
                                     refine_illumination)
 from tools import enhance_images
 

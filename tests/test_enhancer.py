@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from layers.enhance_losses import (EnhanceLoss, color_constancy_map, exposure_loss,
+from lowlevel.losses import (EnhanceLoss, color_constancy_map, exposure_loss,
                                    spatial_consistency_map, tv_loss)
-from models.enhancement import (RECEPTIVE_RADIUS, EnhanceNet, _enhance_tiled, enhance_uint8,
+from lowlevel.enhancement import (RECEPTIVE_RADIUS, EnhanceNet, _enhance_tiled, enhance_uint8,
                                 load_enhancer, quantize, to_unit)
 from tools import enhance_images, train_enhancer
 from utils.checkpoint import load_file

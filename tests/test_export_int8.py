@@ -56,7 +56,7 @@ def test_int8_yunet_finds_the_astronaut(shared_data, tmp_path, capsys):
 def test_int8_retinaface_export_has_qdq_nodes(tmp_path, capsys):
     import torch
 
-    import models.retinaface as rf
+    import models.retinaface.net as rf
     from utils.checkpoint import atomic_save
     torch.manual_seed(0)
     atomic_save({"model": rf.RetinaFace("retinaface_mnet").state_dict()}, tmp_path / "r.pth")

@@ -47,7 +47,7 @@ def _photos(shared_data):
 
 @pytest.fixture(scope="module")
 def yunet_n(shared_data):
-    from models.yunet import YuNet, load_yunet_weights
+    from models.yunet.net import YuNet, load_yunet_weights
     net = YuNet("yunet_n").eval()
     load_yunet_weights(net, shared_data / "yunet" / "yunet_n.pth")     # the safe loader
     return net
@@ -68,12 +68,17 @@ def test_graph_layout_is_the_official_fixed_files(shared_data, yunet_n, tmp_path
     assert len(ours.graph.value_info) == len(official.graph.value_info)   # every shape stored
 
 
+def _cfg(name: str):
+    from data.config import load_config
+    return load_config(overrides=[f"MODEL.NAME={name}"])
+
+
 def test_yunet_in_facedetectoryn_finds_the_official_faces(shared_data, yunet_n, tmp_path):
     official = shared_data / "yunet" / "yunet_n_640_640.onnx"
     found, exported = 0, {}
     for name, rgb in _photos(shared_data):
         h, w = rgb.shape[:2]
-        size = opencv_input_size("yunet_n", w, h)
+        size = opencv_input_size(_cfg("yunet_n"), w, h)
         if size not in exported:                      # one export per padded input size
             exported[size] = export_opencv("yunet_n", yunet_n,
                                            tmp_path / f"y{size[0]}x{size[1]}.onnx", size)
@@ -105,7 +110,7 @@ def test_the_cli_writes_a_graph_that_facedetectoryn_loads(shared_data, tmp_path,
 def _retinaface():
     """Random weights with live features and spread scores: BatchNorm statistics from one
     batch of noise, class heads scaled down (no saturated, tied scores at the top)."""
-    import models.retinaface as rf
+    import models.retinaface.net as rf
     torch.manual_seed(0)
     net = rf.RetinaFace("retinaface_mnet")
     for m in net.modules():
@@ -124,8 +129,8 @@ def test_retinaface_in_cv2_dnn_gives_the_pytorch_outputs_and_boxes(tmp_path, siz
 
     from data.config import load_config
     from models.inference import FaceDetector
-    from models.onnx_runner import retinaface_decoder
-    from models.retinaface import _TestPhase
+    from models.onnx_runner import onnx_decoder
+    from models.retinaface.net import _TestPhase
     net = _retinaface()
     path = export_opencv("retinaface_mnet", net, tmp_path / "r.onnx", size)
     model = onnx.load(str(path))
@@ -133,7 +138,7 @@ def test_retinaface_in_cv2_dnn_gives_the_pytorch_outputs_and_boxes(tmp_path, siz
     cfg = load_config(overrides=["MODEL.NAME='retinaface_mnet'", "DETECT.CONF_THRESH=0.3"])
     import skimage.data
     rgb = cv2.resize(skimage.data.astronaut(), size[::-1], interpolation=cv2.INTER_AREA)
-    runner = OpenCVRunner(path, retinaface_decoder(cfg))
+    runner = OpenCVRunner(path, onnx_decoder(cfg))
     assert isinstance(runner.net, cv2.dnn.Net)
     raw = runner.raw(rgb)
     x = torch.from_numpy(runner.decoder.inputs(rgb)["image"])
@@ -152,6 +157,6 @@ def test_opencv_export_refuses_other_families_and_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="MODEL.NAME='dsfd_vgg'"):
         export_opencv("dsfd_vgg", torch.nn.Identity(), tmp_path / "d.onnx", (64, 64))
     with pytest.raises(ValueError, match="--input-size"):
-        opencv_input_size("yunet_n", 0, 320)
-    assert opencv_input_size("yunet_n", 500, 375) == (384, 512)       # (H, W), padded to 32
-    assert opencv_input_size("retinaface_mnet", 500, 375) == (375, 500)
+        opencv_input_size(_cfg("yunet_n"), 0, 320)
+    assert opencv_input_size(_cfg("yunet_n"), 500, 375) == (384, 512)     # (H, W), padded to 32
+    assert opencv_input_size(_cfg("retinaface_mnet"), 500, 375) == (375, 500)

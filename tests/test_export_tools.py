@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tools import detect_image, export_onnx
 from utils.checkpoint import atomic_save
 
@@ -30,7 +30,7 @@ def test_onnx_export_matches_pytorch_at_two_sizes(tmp_path, capsys):
     from models.inference import build_face_detector
     cfg = default_config()
     det = build_face_detector(cfg, str(weights), torch.device("cpu"))
-    onnx_det = export_onnx.OnnxFaceDetector(tmp_path / "d.onnx", cfg)
+    onnx_det = export_onnx.onnx_runner(tmp_path / "d.onnx", cfg)
     rgb = np.random.default_rng(1).integers(0, 256, (97, 131, 3), dtype=np.uint8)
     r = export_onnx.compare(det, onnx_det, rgb)
     assert r["score"] < 1e-4 and r["loc"] < 1e-3

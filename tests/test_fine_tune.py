@@ -16,7 +16,7 @@ from data.config_check import validate
 from engine import validation
 from evaluation.darkface import evaluate_darkface_boxes
 from evaluation.widerface import WiderGT, evaluate_widerface_boxes
-from models.factory import build_net
+from models.registry import build_net
 from tests.helpers import make_tiny_wider, run_script, tiny_train_overrides
 from tools import fine_tune
 from utils.checkpoint import load_file

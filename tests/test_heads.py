@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from data.config import default_config
-from models.dsfd_vgg import DSFD
-from models.heads import ClassificationHead, ContrastiveHead, LevelHead
-from models.hla_trainer import HLATrainer
-from models.ssl_tasks import SSL_TASKS, build_tasks
+from models.dsfd.net import DSFD
+from adapt.hla.heads import ClassificationHead, ContrastiveHead, LevelHead
+from adapt.hla.trainer import HLATrainer
+from adapt.hla.tasks import SSL_TASKS, build_tasks
 
 C = [256, 512, 512, 1024, 512, 256]
 SIZES_192 = [48, 24, 12, 6, 3, 2]          # the source maps of a 192-px input (measured)

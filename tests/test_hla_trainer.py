@@ -3,7 +3,7 @@ import torch
 
 import train
 from data.config import default_config
-from models.hla_trainer import trainer_state_dict
+from adapt.hla.trainer import trainer_state_dict
 from tests.test_model import reference_key_table        # the DSFD keys, written out there
 
 C = [256, 512, 512, 1024, 512, 256]

@@ -3,12 +3,12 @@ mined negatives; without them nothing changes."""
 import pytest
 import torch
 
-from layers.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
 from layers.box_utils import center_to_corners
-from layers.multibox_loss import (IGNORE_LABEL, MultiBoxLoss, ProgressiveAnchorLoss,
+from models.dsfd.loss import (IGNORE_LABEL, MultiBoxLoss, ProgressiveAnchorLoss,
                                   match_anchors, pad_targets)
 from data.config import default_config
-from models.dsfd_vgg import DSFDOutput
+from models.dsfd.net import DSFDOutput
 
 STEPS = [4, 8, 16, 32, 64, 128]
 SIZES1 = [8, 16, 32, 64, 128, 256]

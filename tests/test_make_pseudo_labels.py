@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.pseudo_labels import read_pseudo_labels, write_pseudo_labels
+from adapt.pseudo.labels import read_pseudo_labels, write_pseudo_labels
 from tools import make_pseudo_labels as tool
 
 W, H = 100, 50
@@ -119,7 +119,7 @@ def test_flip_maps_boxes_and_landmarks_back_and_scales_merge(tmp_path, images, c
 
 
 def test_each_teacher_sees_its_input(tmp_path, images, calls, monkeypatch):
-    from models import enhancement
+    from lowlevel import enhancement
     monkeypatch.setattr(enhancement, "load_enhancer", lambda *a, **k: "E(L)")
     monkeypatch.setattr(enhancement, "enhance_uint8",
                         lambda net, rgb: np.clip(rgb.astype(int) + 100, 0, 255).astype(np.uint8))

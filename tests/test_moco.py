@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from models.dsfd_vgg import DSFD
-from models.moco import MoCo
+from models.dsfd.net import DSFD
+from adapt.hla.moco import MoCo
 from tests.helpers import ROOT, run_script
 from tests.ssl_helpers import ssl_overrides
 
@@ -109,8 +109,8 @@ def test_queue_length_must_be_a_multiple_of_the_batch(tmp_path):
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as td
     sys.path.insert(0, {root!r})
-    from models.dsfd_vgg import DSFD
-    from models.moco import MoCo
+    from models.dsfd.net import DSFD
+    from adapt.hla.moco import MoCo
     td.init_process_group("gloo")
     rank = td.get_rank()
     torch.manual_seed(0)                                     # the same model on both ranks

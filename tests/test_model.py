@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from layers.anchors import make_anchors, vgg_feature_sizes
-from models.dsfd_vgg import DSFD
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.net import DSFD
 from utils.checkpoint import atomic_save, detector_state_dict, load_detector_weights, load_file
 
 C = [256, 512, 512, 1024, 512, 256]
@@ -11,7 +11,7 @@ C = [256, 512, 512, 1024, 512, 256]
 
 def reference_key_table():
     """The 186 keys and shapes of the released DSFD, written out independently of
-    models/dsfd_vgg.py."""
+    models/dsfd/net.py."""
     t = {}
     vgg = {0: (64, 3, 3), 2: (64, 64, 3), 5: (128, 64, 3), 7: (128, 128, 3), 10: (256, 128, 3),
            12: (256, 256, 3), 14: (256, 256, 3), 17: (512, 256, 3), 19: (512, 512, 3),

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from layers.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
 from layers.box_utils import center_to_corners, decode, encode
-from layers.multibox_loss import MultiBoxLoss, ProgressiveAnchorLoss, match_anchors, pad_targets
+from models.dsfd.loss import MultiBoxLoss, ProgressiveAnchorLoss, match_anchors, pad_targets
 from data.config import default_config
-from models.dsfd_vgg import DSFDOutput
+from models.dsfd.net import DSFDOutput
 from tests.reference_ports import match_ssd, multibox_loss as reference_loss
 
 STEPS = [4, 8, 16, 32, 64, 128]

@@ -91,7 +91,7 @@ def test_every_choice_keeps_shape_and_dtype(name):
 def test_el_needs_weights_and_runs_with_them(tmp_path):
     with pytest.raises(ValueError, match="--el-weights"):
         E.build_enhancer("el")
-    from models.enhancement import EnhanceNet
+    from lowlevel.enhancement import EnhanceNet
     torch.manual_seed(0)
     torch.save(EnhanceNet().state_dict(), tmp_path / "el.pth")
     out = E.build_enhancer("el", tmp_path / "el.pth")(_dark(_scene(32, 40), 0.1, 1.0))
@@ -114,7 +114,7 @@ def test_unknown_name_and_the_shared_flags():
 def test_face_detector_with_enhance():
     from data.config import load_config
     from models.inference import FaceDetector
-    from models.yunet import YuNet
+    from models.yunet.net import YuNet
     cfg = load_config(overrides=["MODEL.NAME='yunet_n'"])
     torch.manual_seed(0)
     net = YuNet("yunet_n").eval()

@@ -9,7 +9,7 @@ import torch
 
 from data.config import ConfigError
 from data.config_check import validate
-from data.detection_datasets import build_train_dataset
+from models.registry import build_train_dataset
 from data.lowlight_model import CameraSpec, camera_low_light, camera_spec
 from tests.night_fixtures import records, sample_digest, small_config
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.noise_synthesis import (PairedCrops, add_mono_gaussian_noise, blur, crop_back,
+from lowlevel.noise import (PairedCrops, add_mono_gaussian_noise, blur, crop_back,
                                   from_generator_output, pad_amounts, pad_image, padded_size,
                                   to_generator_input)
-from models.pix2pix import UnetGenerator
+from lowlevel.pix2pix import UnetGenerator
 from tools import blur_images, synthesize_noise
 
 

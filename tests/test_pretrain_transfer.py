@@ -9,7 +9,7 @@ import pretrain_fast_headers as pretrain
 import train
 import transfer_headers
 from data import config as config_lib
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
 from utils.checkpoint import atomic_save, load_file, strip_prefix
 

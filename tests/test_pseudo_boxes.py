@@ -9,7 +9,7 @@ from PIL import Image
 
 from data.config import default_config
 from data.widerface import parse_list_file
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from models import test_time
 from models.inference import build_face_detector
 from tools import make_pseudo_boxes as mpb

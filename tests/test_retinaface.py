@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from data.config import load_config
-from layers.retinaface_priors import (PriorCache, decode, decode_landm, detect_faces, encode,
+from models.retinaface.priors import (PriorCache, decode, decode_landm, detect_faces, encode,
                                       encode_landm, nms_plus_one, prior_boxes)
-from models.detector import DetectorEntry, check_interface
-from models.retinaface import (RetinaFace, export_retinaface_onnx, load_retinaface_weights,
-                               retinaface_entry)
+from models.interface import DetectorEntry, check_interface
+from models.retinaface.entry import retinaface_entry
+from models.retinaface.net import RetinaFace, export_retinaface_onnx, load_retinaface_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"retinaface_mnet": ("mnet_keys.tsv", 300, 159, 426_608),

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers.retinaface_loss import RetinaFaceLoss, match, pad_targets
-from layers.retinaface_priors import encode, encode_landm, point_form, prior_boxes
+from models.retinaface.loss import RetinaFaceLoss, match, pad_targets
+from models.retinaface.priors import encode, encode_landm, point_form, prior_boxes
 
 MIN_SIZES, STEPS, VAR = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
 

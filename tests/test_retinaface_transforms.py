@@ -11,7 +11,7 @@ import torch
 
 from data.annotations import FaceRecord, write_annotations
 from data.config import default_config
-from data.retinaface_transforms import (CROP_SCALES, Faces, RetinaFaceDataset,
+from models.retinaface.transforms import (CROP_SCALES, Faces, RetinaFaceDataset,
                                         build_retinaface_dataset, draw_crop_trials, mirror,
                                         pad_to_square, preproc, square_crop)
 

@@ -10,8 +10,8 @@ import data.ssl_datasets as sd
 from data.config import default_config
 from data.permutations import JIGSAW_4, JIGSAW_33, PERMUTATIONS
 from data.widerface import parse_list_file
-from data.ssl_tasks import DataSources, build_ssl_loaders
-from models.ssl_tasks import build_tasks
+from adapt.hla.task_data import DataSources, build_ssl_loaders
+from adapt.hla.tasks import build_tasks
 from tests.ssl_helpers import make_ssl_data
 
 # The reference's permutations_hamming_max_30.npy (0-based), typed out: "class: perm[class]"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tests.helpers import run_script
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
 from utils.checkpoint import detector_state_dict, load_file

@@ -14,10 +14,10 @@ import torch
 import train
 from data.config import ConfigError, load_config
 from data.config_check import validate
-from data.pseudo_labels import PseudoRecord, detections_to_targets, write_pseudo_labels
-from data.strong_aug import StrongAugParams, sample_generators, strong_augment
+from adapt.pseudo.labels import PseudoRecord, detections_to_targets, write_pseudo_labels
+from adapt.pseudo.strong_view import StrongAugParams, sample_generators, strong_augment
 from data.widerface import parse_list_file
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tests.helpers import make_tiny_wider, run_script, tiny_train_overrides
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
 from utils.checkpoint import load_file
@@ -278,7 +278,7 @@ def test_config_checks_name_the_keys(data, tmp_path):
 
 
 def test_yunet_student_with_ignore_band_and_ema_refresh(data, tmp_path):
-    """layers/yunet_loss.py takes ignore rows too: a YuNet student with the band, the teacher's
+    """models/yunet/loss.py takes ignore rows too: a YuNet student with the band, the teacher's
     landmarks in the refreshed targets."""
     torch.set_num_threads(1)
     assert train.main(student_overrides(data, tmp_path, **{

@@ -8,8 +8,8 @@ import test as test_script
 from data.image_folder import read_rgb
 from models.inference import build_face_detector
 from data.config import default_config
-from models.dsfd_vgg import DSFD
-from models.enhancement import EnhanceNet, enhance_uint8
+from models.dsfd.net import DSFD
+from lowlevel.enhancement import EnhanceNet, enhance_uint8
 from models.test_time import reference_passes
 from tests.helpers import make_tiny_wider
 from tests.reference_ports import multi_scale_detect

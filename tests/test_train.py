@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from models.dsfd_vgg import DSFD
+from models.dsfd.net import DSFD
 from tests.helpers import ROOT, make_tiny_wider, run_script, tiny_train_overrides
 from utils.checkpoint import load_file
 
@@ -57,7 +57,7 @@ def test_resume_continues_exactly(data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, caplog):
-    from layers.multibox_loss import ProgressiveAnchorLoss
+    from models.dsfd.loss import ProgressiveAnchorLoss
 
     class PoisonedLoss(ProgressiveAnchorLoss):
         calls = 0

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from layers.yunet_postprocess import YuNetPostprocess, grid_priors, level_sizes
-from models.detector import check_interface
-from models.yunet import (OUTPUT_NAMES, YuNet, YuNetOutput, export_yunet_onnx, fuse_batchnorm,
-                          load_yunet_weights, yunet_entry)
+from models.yunet.postprocess import YuNetPostprocess, grid_priors, level_sizes
+from models.interface import check_interface
+from models.yunet.entry import yunet_entry
+from models.yunet.net import (OUTPUT_NAMES, YuNet, YuNetOutput, export_yunet_onnx, fuse_batchnorm,
+                              load_yunet_weights)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"yunet_n": 75_856, "yunet_s": 54_608}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data.annotations import FaceRecord
-from data.yunet_transforms import (FLIP_ORDER, PAD_VALUE, YuNetTrainDataset,
+from models.yunet.transforms import (FLIP_ORDER, PAD_VALUE, YuNetTrainDataset,
                                    build_yunet_dataset, random_square_crop, yunet_sample)
 
 # BGR marker colours of the five landmarks (left eye, right eye, nose, mouth left, mouth right)
@@ -170,7 +170,7 @@ def test_build_from_a_labelv2_file(tmp_path):
 
 def released_sample(img, boxes, points, labels, crop_choice, size, flip_ratio, rng):
     """``yunet_sample`` as it was before the low-light option (kept to compare with)."""
-    from data.yunet_transforms import hflip, resize_square, visible_points
+    from models.yunet.transforms import hflip, resize_square, visible_points
     cropped = random_square_crop(img.astype(np.float32), boxes, points, crop_choice, rng)
     if cropped is None:
         return None

@@ -14,8 +14,8 @@ import test as test_script
 import train
 import transfer_headers
 from data import config as config_lib
-from models.enhancement import EnhanceNet
-from models.yunet import YuNet
+from lowlevel.enhancement import EnhanceNet
+from models.yunet.net import YuNet
 from tests.helpers import ROOT, make_tiny_wider, run_script
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
 from utils.checkpoint import atomic_save, load_file
@@ -109,7 +109,7 @@ DDP_SCRIPT = textwrap.dedent("""
     # train.py under torchrun, each rank saving its trainer state after the run
     import os, sys, torch
     sys.path.insert(0, {root!r})
-    import models.moco as moco
+    import adapt.hla.moco as moco
     import train
     rank, calls, built = int(os.environ["RANK"]), [], {{}}
     shuffle = moco._batch_shuffle_ddp

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers.yunet_loss import YuNetLoss, box_iou, diou_loss, eiou_loss, simota_assign
-from layers.yunet_postprocess import grid_priors
-from models.yunet import YuNetOutput
+from models.yunet.loss import YuNetLoss, box_iou, diou_loss, eiou_loss, simota_assign
+from models.yunet.postprocess import grid_priors
+from models.yunet.net import YuNetOutput
 
 SIZES = [(8, 8), (4, 4), (2, 2)]          # a 64 x 64 input
 IMAGE = (64, 64)
@@ -279,7 +279,7 @@ def test_from_config():
 def test_normaliser_is_the_positives_averaged_over_ranks(monkeypatch):
     """mmdetection's reduce_mean: with a pretend second rank holding twice this rank's
     positives (and landmark weight), every term is divided by 1.5 x this rank's count."""
-    import layers.yunet_loss as yl
+    import models.yunet.loss as yl
     out, target = _face_at(level=1, row=1, col=1)
     out.kps[1][0] += 0.3
     target = target.clone()
@@ -297,7 +297,7 @@ def test_normaliser_is_the_positives_averaged_over_ranks(monkeypatch):
 def released_forward(self, out, targets, image_size):
     """``YuNetLoss.forward`` as it was before ignore rows existed (every row a face), kept
     verbatim so that the no-ignore path can be compared bit for bit."""
-    from layers.yunet_loss import EPS_KPS, decode_boxes, dist, pad_targets
+    from models.yunet.loss import EPS_KPS, decode_boxes, dist, pad_targets
     cls = torch.cat(out.cls, 1)[..., 0].float()
     obj = torch.cat(out.obj, 1)[..., 0].float()
     bbox = torch.cat(out.bbox, 1).float()

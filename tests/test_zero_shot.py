@@ -12,7 +12,7 @@ from adapt.zero_shot import (ZeroShot, build_zero_shot, dark_view, feature_consi
                              image_seeds, symmetric_kl)
 from data.config import load_config
 from data.lowlight_model import CameraSpec
-from models.detector import InputSpec
+from models.interface import InputSpec
 from tests.helpers import ROOT, tiny_train_overrides
 from tests.ssl_helpers import make_ssl_data
 from utils.checkpoint import load_file
@@ -87,7 +87,7 @@ def test_views_keep_the_targets_and_the_switches():
 
 
 def test_consistency_pass_leaves_batchnorm_statistics_alone():
-    from models.yunet import build_yunet
+    from models.yunet.net import build_yunet
     net = build_yunet("yunet_n").train()
     spec = InputSpec("BGR")
     x, _ = _batch(spec)

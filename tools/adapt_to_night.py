@@ -57,8 +57,8 @@ from data import config as config_lib  # noqa: E402
 from data.config import ConfigError  # noqa: E402
 from data.media import source_kind  # noqa: E402
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
-from models.ema import ModelEMA, unwrap  # noqa: E402
-from models.factory import get_entry  # noqa: E402
+from adapt.pseudo.ema import ModelEMA, unwrap  # noqa: E402
+from models.registry import get_entry  # noqa: E402
 from models.inference import FaceDetector, autocast, load_net  # noqa: E402
 from utils import dist  # noqa: E402
 from engine import run as engine  # noqa: E402

@@ -37,7 +37,7 @@ from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E4
 from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
                                pending, read_rgb, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
-from data.noise_synthesis import blur, image_seed, make_h_blur  # noqa: E402
+from lowlevel.noise import blur, image_seed, make_h_blur  # noqa: E402
 
 log = logging.getLogger("blur_images")
 

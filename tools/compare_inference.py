@@ -156,7 +156,7 @@ def _enhancement(kind: str | None, enhancer: str | Path | None, device):
     if kind == "el":
         if enhancer is None:
             raise ValueError("enhance=el needs the E(L) weights: --el-weights WEIGHTS")
-        from models.enhancement import enhance_uint8, load_enhancer
+        from lowlevel.enhancement import enhance_uint8, load_enhancer
         net = load_enhancer(enhancer, device, key="--el-weights")
         return (lambda rgb: enhance_uint8(net, rgb)), net
     if kind not in ENHANCERS:

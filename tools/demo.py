@@ -410,7 +410,7 @@ class Demo:
     def shared_el(self):
         """E(L) as a function of an RGB image, computed once per image: the enhanced copies
         that stage 4 wrote for the held-out images are looked up by the dark image's digest."""
-        from models.enhancement import enhance_uint8, load_enhancer
+        from lowlevel.enhancement import enhance_uint8, load_enhancer
         net, memo = load_enhancer(self.p["el"], "cpu", key="E(L) weights"), {}
         dark_val = self.p["dark"] / "images" / "val"
         for path in sorted(self.p["el_val"].glob("*.png")):

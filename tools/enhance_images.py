@@ -34,12 +34,12 @@ from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from data import enhance_baselines as baselines  # noqa: E402
+from lowlevel import classic as baselines  # noqa: E402
 from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
 from data.image_folder import (UNREADABLE, default_output, list_image_files,  # noqa: E402
                                mirror_pairs, pending, read_rgb, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
-from models.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer  # noqa: E402
+from lowlevel.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer  # noqa: E402
 from utils import dist  # noqa: E402
 
 log = logging.getLogger("enhance_images")

@@ -48,19 +48,19 @@ import torch  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
-from models.dsfd_vgg import export_dsfd_onnx as export  # noqa: E402,F401 (tests call it)
-from models.factory import get_entry  # noqa: E402
+from models.dsfd.net import export_dsfd_onnx as export  # noqa: E402,F401 (tests call it)
+from models.registry import get_entry  # noqa: E402
 from models.inference import build_face_detector  # noqa: E402
 from models.onnx_deploy import (CALIBRATION_METHODS, ImageCalibrationReader,  # noqa: E402
                                 OpenCVRunner, calibration_images, export_opencv,
                                 face_detector_yn, fit_image, fixed_input_size,
                                 opencv_input_size, qdq_counts, quantize_int8)
-from models.onnx_runner import DECODERS, OnnxFaceDetector, onnx_runner  # noqa: E402
+from models.onnx_runner import OnnxRunner, onnx_decoder, onnx_runner  # noqa: E402
 from lowlevel.enhancers import build_enhancer  # noqa: E402
 from lowlevel.onnx_enhance import GRAPH_ENHANCERS, prepend_enhancer  # noqa: E402
 
 
-def compare(detector, onnx_det: OnnxFaceDetector, rgb: np.ndarray) -> dict:
+def compare(detector, onnx_det: OnnxRunner, rgb: np.ndarray) -> dict:
     x = detector.to_input(detector.enhanced(rgb[None]) if detector.enhance else rgb[None])
     out = detector.forward(x)
     ref_loc, ref_score = out.loc_pal2[0].float(), torch.softmax(out.conf_pal2[0].float(), -1)[:, 1]
@@ -131,7 +131,7 @@ def fp32_path(out: Path) -> Path:
 
 def write_int8(cfg, src: Path, args) -> None:
     import onnx
-    decoder = DECODERS[cfg.MODEL.NAME](cfg)
+    decoder = onnx_decoder(cfg)
     paths = calibration_images(args.calib, args.calib_limit)
     size = fixed_input_size(src)
     if size is None and args.calib_method != "minmax":     # histograms need one shape
@@ -163,7 +163,7 @@ def check_opencv(cfg, detector, path: Path, rgb: np.ndarray) -> float:
     YuNet cv2.FaceDetectorYN itself. Returns the largest normalised difference."""
     ref = detector(rgb[None])[0]
     h, w = rgb.shape[:2]
-    runs = {"cv2.dnn.readNet": OpenCVRunner(path, DECODERS[cfg.MODEL.NAME](cfg))(rgb)}
+    runs = {"cv2.dnn.readNet": OpenCVRunner(path, onnx_decoder(cfg))(rgb)}
     if cfg.MODEL.NAME.startswith("yunet"):
         d = cfg.DETECT
         rows = face_detector_yn(path, rgb[..., ::-1], d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K)
@@ -184,7 +184,7 @@ def check(cfg, detector, path: Path, rgb: np.ndarray, opencv: bool) -> float:
     worst = 0.0
     images = check_images(rgb, fixed_input_size(path))
     if cfg.MODEL.NAME == "dsfd_vgg":
-        onnx_det = OnnxFaceDetector(path, cfg)
+        onnx_det = onnx_runner(path, cfg)
         for img in images:
             r = compare(detector, onnx_det, np.ascontiguousarray(img))
             worst = max(worst, r["score"])
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     detector = build_face_detector(cfg, args.weights, torch.device("cpu"))
     graph = fp32_path(args.out) if args.int8 else args.out
     if args.opencv:
-        size = opencv_input_size(cfg.MODEL.NAME, *args.input_size)
+        size = opencv_input_size(cfg, *args.input_size)
         export_opencv(cfg.MODEL.NAME, detector.net, graph, size)
         print(f"OpenCV graph: input fixed at 1x3x{size[0]}x{size[1]}")
     else:

@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
 from data import config as config_lib  # noqa: E402
 from data.annotations import detect_format  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from data.detection_datasets import read_training_records  # noqa: E402
+from data.annotations import read_training_records  # noqa: E402
 from utils.files import resolve_path, write_text_atomic  # noqa: E402
 from engine.validation import validation_records  # noqa: E402
 from utils.checkpoint import checkpoint_steps, load_file  # noqa: E402

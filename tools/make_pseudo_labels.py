@@ -25,7 +25,7 @@ that threshold at the *low* end of the score band the student will use (docs/DUA
 boxes between it and the student's positive threshold become ignore regions.
 
 Output: ``DIR/labels/<image path below the image root>.txt`` per image (the pseudo-label format
-of data/pseudo_labels.py, written atomically; an image without boxes gets a file with its header
+of adapt/pseudo/labels.py, written atomically; an image without boxes gets a file with its header
 only), ``DIR/settings.json`` (what made them) and the merged list ``--list`` (default
 ``DIR/pseudo_labels.txt``), rebuilt from the per-image files at the end of every run, in image
 order, paths relative to ``FACE.DATA_ROOT``. A re-run skips the images whose file exists
@@ -50,7 +50,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from utils.files import remove_stale_temps, resolve_path, write_text_atomic  # noqa: E402
-from data.pseudo_labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E402
+from adapt.pseudo.labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E402
                                 relative_image_path, write_pseudo_labels)
 from layers.box_fusion import FUSION, fuse_teachers  # noqa: E402
 from models.test_time import Pass, TestTimeDetector  # noqa: E402
@@ -152,7 +152,7 @@ def label_batch(images: list[np.ndarray], runners, teachers, enhancer, plan, arg
     """Fused pixel detections ``[m, 5 or 15]`` per image of a batch of same-sized images."""
     bright = None
     if any(t.input != "raw" for t in teachers):
-        from models.enhancement import enhance_uint8
+        from lowlevel.enhancement import enhance_uint8
         bright = list(enhance_uint8(enhancer, np.stack(images)))
     per_teacher = []
     for runner, t in zip(runners, teachers):
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         runners = load_teachers(teachers, args, device)
         enhancer = None
         if needs_el:
-            from models.enhancement import load_enhancer
+            from lowlevel.enhancement import load_enhancer
             enhancer = load_enhancer(args.enhancer, device, key="--enhancer or ENHANCE.WEIGHTS")
 
         def label(batch):

@@ -45,9 +45,9 @@ from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E4
 from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
                                pending, read_rgb, through_file, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
-from data.noise_synthesis import (crop_back, from_generator_output, image_seed,  # noqa: E402
+from lowlevel.noise import (crop_back, from_generator_output, image_seed,  # noqa: E402
                                   make_h_blur, to_generator_input)
-from models.pix2pix import (UnetGenerator, generator_state_dict, generator_width,  # noqa: E402
+from lowlevel.pix2pix import (UnetGenerator, generator_state_dict, generator_width,  # noqa: E402
                             set_test_mode)
 from utils import dist  # noqa: E402
 from utils.checkpoint import load_file  # noqa: E402

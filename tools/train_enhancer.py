@@ -42,8 +42,8 @@ from utils.files import resolve_path  # noqa: E402
 from data.image_folder import UNREADABLE, list_image_files, load_rgb  # noqa: E402
 from data.lowlight_model import camera_spec, darken_tensor  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
-from layers.enhance_losses import EnhanceLoss  # noqa: E402
-from models.enhancement import EnhanceNet, init_weights  # noqa: E402
+from lowlevel.losses import EnhanceLoss  # noqa: E402
+from lowlevel.enhancement import EnhanceNet, init_weights  # noqa: E402
 from engine import run as engine  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402
 

@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from utils.files import resolve_path  # noqa: E402
 from data.image_folder import list_image_files  # noqa: E402
-from data.noise_synthesis import PairedCrops, collate_pairs  # noqa: E402
+from lowlevel.noise import PairedCrops, collate_pairs  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
-from models.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
+from lowlevel.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
 from engine import run as engine  # noqa: E402
 from engine.gan import linear_decay, pix2pix_step  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402

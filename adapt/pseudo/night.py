@@ -13,7 +13,7 @@ the student's batches are in :mod:`adapt.pseudo.night_student`).
   ``ADAPT.FLIP``, its mirror) on the raw frame and/or its night-mode copy
   (``ADAPT.TEACHER_INPUT``), merged as one model by ``ADAPT.FUSION``
   (:func:`models.test_time.merged_passes`). Its detections become pseudo-label records
-  (:func:`label_frames`, the format of data/pseudo_labels.py); the student splits them by
+  (:func:`label_frames`, the format of adapt/pseudo/labels.py); the student splits them by
   ``PSEUDO.HIGH`` / ``PSEUDO.LOW`` into faces, ignore regions and background.
 * **Held-out numbers** (:func:`holdout_metrics`): on the held-out frames, the deployed detector
   (one plain pass on the frame it will see: the raw frame, or with ``ADAPT.STUDENT_INPUT=
@@ -40,7 +40,7 @@ import numpy as np
 from utils.files import write_text_atomic
 from data.image_folder import write_image_atomic
 from data.media import FrameStats, camera_index, count_frames, iter_frames
-from data.pseudo_labels import PseudoRecord, read_pseudo_labels, write_pseudo_labels
+from adapt.pseudo.labels import PseudoRecord, read_pseudo_labels, write_pseudo_labels
 from models.test_time import Pass, TestTimeDetector, merged_passes
 
 log = logging.getLogger(__name__)

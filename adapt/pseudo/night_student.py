@@ -2,14 +2,14 @@
 has the footage, the teacher and the held-out numbers).
 
 Each step concatenates up to three parts, each through the detector's own training augmentation
-(crop, flip, resize: the weak view, ``data/detection_datasets.py``, without AUG.lowlight_prob)
+(crop, flip, resize: the weak view, ``models/registry.py``, without AUG.lowlight_prob)
 and then a photometric strong view, so the weak view's boxes stay the targets:
 
 * **night** (``PSEUDO.BATCH_SIZE`` images): the raw training frames with the round's pseudo
   labels split by ``PSEUDO.HIGH`` / ``PSEUDO.LOW`` into faces (label 1) and ignore regions
   (label -1; the losses count their anchors neither as faces nor as background); frames without
   any box at or above PSEUDO.LOW are left out (the losses mine negatives per positive). Strong
-  view: data/strong_aug.py (colour jitter, blur, noise; PSEUDO.STRONG_AUG).
+  view: adapt/pseudo/strong_view.py (colour jitter, blur, noise; PSEUDO.STRONG_AUG).
 * **synthetic night** (``ADAPT.SYNTH_BATCH_SIZE``): the frames where the teacher is confident
   (at least one face >= PSEUDO.HIGH), taken in their night-mode copy (brightened), with the same
   labels, then darkened by the camera model (data/camera.py, preset ``ADAPT.DARKEN_PRESET``):
@@ -23,7 +23,7 @@ and then a photometric strong view, so the weak view's boxes stay the targets:
   probability ``ADAPT.LABELLED_DARKEN_PROB``, else the photometric strong view.
 
 Every random draw of a view comes from generators seeded by ``(RUN.SEED, step, position in the
-global batch, part)`` (``data.strong_aug.sample_generators``): a resumed run is exact and N DDP
+global batch, part)`` (``adapt.pseudo.strong_view.sample_generators``): a resumed run is exact and N DDP
 processes draw what one process draws. A part whose image set is smaller than its global batch
 repeats its records to fill one.
 """
@@ -39,10 +39,10 @@ import torch
 from torch import Tensor
 
 from data.annotations import FaceRecord, read_annotations
-from data.detection_datasets import build_train_dataset
-from data.pseudo_labels import POSITIVE, PseudoRecord, pseudo_label_loader, to_face_record
+from models.registry import build_train_dataset
+from adapt.pseudo.labels import POSITIVE, PseudoRecord, pseudo_label_loader, to_face_record
 from data.ssl_datasets import stream_seed
-from data.strong_aug import (StrongAugParams, from_pixels, sample_generators, strong_augment,
+from adapt.pseudo.strong_view import (StrongAugParams, from_pixels, sample_generators, strong_augment,
                              to_pixels)
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ then NMS at ``DETECT.NMS_THRESH`` and at most ``DETECT.TOP_K`` per image (-1: al
 mmdetection does.
 
 Detections are ``[k, 15]`` rows ``x1, y1, x2, y2, score, (lx, ly) x 5``, coordinates divided by
-the input width/height, by descending score (the format of ``models/detector.py``).
+the input width/height, by descending score (the format of ``models/interface.py``).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def detect(scores: Tensor, bbox: Tensor, kps: Tensor, priors: Tensor, image_size
 
 
 class YuNetPostprocess:
-    """``fn(out, image_size) -> list[Tensor]`` for :class:`models.yunet.YuNetOutput` (logits);
+    """``fn(out, image_size) -> list[Tensor]`` for :class:`models.yunet.net.YuNetOutput` (logits);
     :meth:`from_onnx` does the same for the twelve outputs of the ONNX export (probabilities)."""
 
     def __init__(self, strides: Sequence[int] = (8, 16, 32), conf_thresh: float = 0.02,

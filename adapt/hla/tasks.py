@@ -4,11 +4,11 @@ per task.
 :data:`SSL_TASKS` maps each config toggle ``TRAIN.<TOGGLE>`` (weight ``TRAIN_WEIGHT.<TOGGLE>``)
 to the trainer attribute that holds its head (the HLA checkpoint prefix), the task class, the
 pre-trained head file in ``SSL.HEADS_DIR`` and the run-folder tag. The data each task reads is
-the same toggle's entry of ``data/ssl_tasks.py`` (``models/`` never imports ``data/``). Adding a
+the same toggle's entry of ``adapt/hla/task_data.py`` (``models/`` never imports ``data/``). Adding a
 task is a class here, one entry in each registry and the config default.
 
 A task object knows its streams (one endless loader each), builds its head module on the
-detector's feature maps (``net.feature_channels``: any detector of ``models/detector.py``),
+detector's feature maps (``net.feature_channels``: any detector of ``models/interface.py``),
 names the images that go through the detector's feature mode, and turns features into a loss
 dict whose keys are the stream names:
 
@@ -30,8 +30,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from models.heads import ClassificationHead
-from models.moco import MoCo
+from adapt.hla.heads import ClassificationHead
+from adapt.hla.moco import MoCo
 
 log = logging.getLogger(__name__)
 NUM_ROTATIONS = 4

@@ -41,7 +41,7 @@ VERSION = 1
 NUM_LANDMARKS = 5
 MISSING = -1.0              # landmark coordinate marker of "no landmark"
 WIDTHS = (5, 5 + 2 * NUM_LANDMARKS)
-POSITIVE, IGNORE = 1, -1    # the target labels of to_targets (layers/multibox_loss.py)
+POSITIVE, IGNORE = 1, -1    # the target labels of to_targets (models/dsfd/loss.py)
 _BOM = "\ufeff"
 
 
@@ -262,7 +262,7 @@ def relative_image_path(image: str | Path, data_root: str | Path) -> str:
 def detections_to_targets(dets, high: float, low: float | None = None):
     """A teacher's detections ``[k, 5 + 2L]`` (normalised ``x1 y1 x2 y2 score`` + landmarks, the
     registry's ``postprocess`` format) -> training target rows ``[m, 5 + 2L]`` (box, label,
-    landmarks; models/detector.py), split by score as :func:`to_targets`: ``>= high`` label 1,
+    landmarks; models/interface.py), split by score as :func:`to_targets`: ``>= high`` label 1,
     ``[low, high)`` label -1, the rest dropped. Boxes are clipped to the image; boxes left
     empty are dropped. A torch function (it runs on the teacher's device)."""
     import torch

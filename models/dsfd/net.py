@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers.l2norm import L2Norm
+from models.dsfd.l2norm import L2Norm
 
 # VGG16 configuration: numbers are 3x3 conv widths, M a 2x2 max-pool (floor), C one with ceil.
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -129,7 +129,7 @@ class KeyEncoder(nn.Module):
 
 
 class DSFD(nn.Module):
-    """DSFD-VGG16; implements the detector interface of ``models/detector.py``: the heads read
+    """DSFD-VGG16; implements the detector interface of ``models/interface.py``: the heads read
     the six first-shot sources, and there is no BatchNorm (samples never interact)."""
 
     has_batchnorm = False

@@ -213,11 +213,11 @@ class YuNetTrainDataset(KeyedDataset):
 
 def build_yunet_dataset(cfg, list_file: str | Path, root, seed: int,
                         records=None) -> YuNetTrainDataset:
-    """The training dataset of ``yunet_n`` / ``yunet_s`` (``data/detection_datasets.py``):
+    """The training dataset of ``yunet_n`` / ``yunet_s`` (its entry's ``train_dataset``):
     ``records`` (FaceRecords), or those of ``list_file`` read as FACE.SRC_FORMAT; the YUNET
     section's augmentation, AUG.lowlight_prob's simulated low light (AUG.lowlight_model)."""
     if records is None:
-        from data.detection_datasets import read_training_records
+        from data.annotations import read_training_records
         records = read_training_records(cfg, list_file, root)
     y = cfg.YUNET
     return YuNetTrainDataset(records, y.CROP_CHOICE, y.INPUT_SIZE, y.FLIP_RATIO, seed,

@@ -74,7 +74,7 @@ class UnetGenerator(nn.Module):
         m = 2 ** self.num_downs
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"U-Net input sides must be multiples of {m}, got "
-                             f"{tuple(x.shape[-2:])} (pad first: data.noise_synthesis)")
+                             f"{tuple(x.shape[-2:])} (pad first: lowlevel.noise)")
         return self.model(x)
 
 

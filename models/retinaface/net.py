@@ -12,7 +12,7 @@ both against the shared key tables)::
     ClassHead.k.conv1x1, BboxHead.k.conv1x1, LandmarkHead.k.conv1x1   1x1 heads, k = 0..2
 
 Heads lay their outputs out anchor-minor within a cell, cells row-major, levels concatenated:
-the order of :func:`layers.retinaface_priors.prior_boxes`. :meth:`RetinaFace.forward` always
+the order of :func:`models.retinaface.priors.prior_boxes`. :meth:`RetinaFace.forward` always
 returns logits (the reference's ``phase='train'``); the softmax of its ``phase='test'`` is in
 the post-processing and in the exported ONNX graph.
 """
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.detector import DetectorEntry, InputSpec
 
 ANCHORS_PER_CELL = 2          # two square anchor sizes per cell and level (cfg min_sizes)
 NUM_LANDMARKS = 5
@@ -202,7 +201,7 @@ def ssh_features(m: nn.Module, x: Tensor) -> list[Tensor]:
 class KeyEncoder(nn.Module):
     """Frozen copy of body, fpn and ssh1..3 (parameter names as in the detector); ``forward``
     equals ``RetinaFace.features``. How its BatchNorm runs for MoCo keys (shuffled across ranks,
-    or in eval mode in one process) is decided by ``models/moco.py``."""
+    or in eval mode in one process) is decided by ``adapt/hla/moco.py``."""
 
     PARTS = ("body", "fpn", "ssh1", "ssh2", "ssh3")
 
@@ -315,59 +314,3 @@ def export_retinaface_onnx(net: nn.Module, path: str | Path, opset: int = 17,
     finally:
         net.train(was_training)
     return path
-
-
-# ---- registry entry (models/factory.py; the training dataset is data/detection_datasets.py's) ---
-
-def _check(cfg) -> None:
-    r = cfg.RETINAFACE
-    if cfg.MODEL.NAME not in SPECS:
-        raise ValueError(f"config key MODEL.NAME={cfg.MODEL.NAME!r} is not a RetinaFace "
-                         f"({sorted(SPECS)})")
-    if len(r.STEPS) != 3 or len(r.MIN_SIZES) != 3:
-        raise ValueError("config keys RETINAFACE.STEPS and RETINAFACE.MIN_SIZES need 3 levels "
-                         f"(got {len(r.STEPS)} and {len(r.MIN_SIZES)})")
-    if any(len(sizes) != ANCHORS_PER_CELL for sizes in r.MIN_SIZES):
-        raise ValueError(f"config key RETINAFACE.MIN_SIZES: the heads predict "
-                         f"{ANCHORS_PER_CELL} anchors per cell, got {r.MIN_SIZES}")
-    if cfg.NUM_CLASSES != 2:
-        raise ValueError(f"config key NUM_CLASSES={cfg.NUM_CLASSES}: RetinaFace has 2 classes")
-
-
-def _criterion(cfg):
-    from layers.retinaface_loss import RetinaFaceLoss
-    r = cfg.RETINAFACE
-    return RetinaFaceLoss(r.MIN_SIZES, r.STEPS, r.VARIANCE, clip=r.CLIP,
-                          overlap_thresh=r.OVERLAP_THRESH, neg_pos=r.NEG_POS,
-                          loc_weight=r.LOC_WEIGHT, match_min_iou=r.MATCH_MIN_IOU)
-
-
-def retinaface_postprocess(cfg):
-    """``fn(out, image_size) -> list of [k, 15]``: x1, y1, x2, y2, score, 5 x (x, y), normalised
-    by the input size (DETECT.CONF_THRESH, DETECT.NMS_TOP_K, DETECT.NMS_THRESH,
-    RETINAFACE.KEEP_TOP_K; a cap <= 0 is no cap, as test_widerface.py)."""
-    from layers.retinaface_priors import PriorCache, detect_faces
-    r, d = cfg.RETINAFACE, cfg.DETECT
-    priors = PriorCache(r.MIN_SIZES, r.STEPS, r.CLIP)
-    variances = tuple(r.VARIANCE)
-
-    def run(out: RetinaFaceOutput, image_size) -> list[Tensor]:
-        return detect_faces(out.loc, out.conf, out.landms, priors(image_size, out.loc.device),
-                            image_size, variances, d.CONF_THRESH, d.NMS_THRESH, d.NMS_TOP_K,
-                            r.KEEP_TOP_K)
-    return run
-
-
-def _input_spec(cfg) -> InputSpec:
-    return InputSpec("BGR", tuple(float(v) for v in cfg.AUG.img_mean))
-
-
-def retinaface_entry(name: str) -> DetectorEntry:
-    if name not in SPECS:
-        raise ValueError(f"unknown RetinaFace variant {name!r}; known: {sorted(SPECS)}")
-    return DetectorEntry(build=lambda cfg: RetinaFace(name), criterion=_criterion,
-                         postprocess=retinaface_postprocess, input_spec=_input_spec,
-                         num_landmarks=NUM_LANDMARKS,
-                         preset=f"configs/models/{name}.yaml", check=_check,
-                         export_onnx=export_retinaface_onnx,
-                         extra={"load_weights": load_retinaface_weights})

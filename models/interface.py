@@ -1,9 +1,10 @@
 """The detector interface: what every face detector of the toolkit provides.
 
-A detector is one ``nn.Module`` file implementing :class:`DetectorNet` (its state_dict keys stay
-the released checkpoints' keys, so the interface is methods and plain attributes, never extra
-sub-modules), plus one :class:`DetectorEntry` in ``models/factory.py`` and one preset file
-``configs/models/<name>.yaml``. Everything else (train.py, test.py, the self-supervised heads,
+A detector family is one folder ``models/<family>/`` whose network implements
+:class:`DetectorNet` (its state_dict keys stay the released checkpoints' keys, so the interface
+is methods and plain attributes, never extra sub-modules) and whose ``entry.py`` returns a
+:class:`DetectorEntry`, plus one line in ``models/registry.py`` and one preset file
+``configs/models/<name>.yaml`` (docs/DETECTORS.md walks through it). Everything else (train.py, test.py, the self-supervised heads,
 MoCo, ONNX export, the demo) talks to detectors only through these two types.
 
 Conventions shared by all detectors:
@@ -27,6 +28,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+Size = tuple[int, int]
 
 
 @runtime_checkable
@@ -106,18 +109,20 @@ def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
 
 @dataclass(frozen=True)
 class DetectorEntry:
-    """One registry entry of ``models/factory.py``.
+    """One registry entry of ``models/registry.py``: everything the toolkit needs of a family.
 
     ``build(cfg)`` makes the network (weights are loaded by the caller); ``criterion(cfg)``
     returns ``loss(out, targets, image_size) -> dict[str, Tensor]``; ``postprocess(cfg)``
     returns ``fn(out, image_size) -> list[Tensor]`` (see the module doc for both formats);
     ``input_spec(cfg)`` the :class:`InputSpec`. ``preset`` is the preset file applied when
-    ``MODEL.NAME`` selects this entry. ``export_onnx(net, path)`` writes the deployable graph
-    (dynamic H and W; ``models/onnx_runner.py`` runs it with the same decoding).
-
-    The training dataset of each detector (its augmentation, producing ``(input [3, S, S]
-    float32, target, skipped)`` samples) is registered on the data side, in
-    ``data/detection_datasets.py`` under the same name: ``models/`` never imports ``data/``.
+    ``MODEL.NAME`` selects this entry. ``train_dataset(cfg, list_file, root, seed,
+    records=None)`` is the training dataset (the family's augmentation; samples ``(input [3, S,
+    S] float32, target [n, 5] or [n, 15], skipped)``; ``records``: FaceRecords such as pseudo
+    labels, else ``list_file`` in FACE.SRC_FORMAT). ``export_onnx(net, path)`` writes the
+    deployable graph (dynamic H and W) and ``onnx_decoder(cfg)`` decodes it
+    (``models/onnx_runner.py``'s ``OnnxDecoder``: the same detections as the network).
+    ``export_opencv(net, path, size, opset)`` (optional) writes a graph with its input fixed
+    at ``size`` (H, W) for OpenCV's importer (``models/onnx_deploy.py``).
     """
 
     build: Callable[[Any], nn.Module]
@@ -129,6 +134,48 @@ class DetectorEntry:
     check: Callable[[Any], None] | None = None     # raises naming the key when cfg misfits
     export_onnx: Callable[..., Any] | None = None
     extra: dict = field(default_factory=dict)
+    train_dataset: Callable[..., Any] | None = None
+    onnx_decoder: Callable[[Any], Any] | None = None
+    export_opencv: Callable[..., Any] | None = None
+
+
+#: the fields every registered family must fill (``export_opencv`` and ``extra`` are optional)
+REQUIRED_FIELDS = ("build", "criterion", "postprocess", "input_spec", "preset", "check",
+                   "export_onnx", "train_dataset", "onnx_decoder")
+
+
+def unpad(detections: Tensor, input_size: Size, image_size: Size, num_landmarks: int) -> Tensor:
+    """Rows ``x1, y1, x2, y2, score`` (+ landmarks) normalised by a zero-padded input of
+    ``input_size`` (H, W) -> normalised by the image (``image_size``) that sits at its top
+    left; unchanged when the sizes agree."""
+    (ih, iw), (h, w) = input_size, image_size
+    if (ih, iw) == (h, w):
+        return detections
+    scale = torch.tensor([iw / w, ih / h]).repeat(2 + num_landmarks)
+    d = detections
+    return torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
+
+
+class EntryDecoder:
+    """An ONNX graph whose outputs are the network's raw outputs, fed with the entry's
+    :class:`InputSpec` and decoded with its own ``postprocess`` (``models/onnx_runner.py``'s
+    ``OnnxDecoder``). ``to_output(arrays: dict of Tensors) -> the network's forward output``."""
+
+    def __init__(self, cfg, entry: DetectorEntry, to_output: Callable[[dict], Any]):
+        self.spec = entry.input_spec(cfg)
+        self.postprocess = entry.postprocess(cfg)
+        self.num_landmarks = entry.num_landmarks
+        self.to_output = to_output
+
+    def inputs(self, rgb) -> dict:
+        x = self.spec.to_input(torch.from_numpy(rgb)[None])
+        return {"image": x.numpy()}
+
+    def decode(self, outputs, input_size: Size, image_size: Size) -> Tensor:
+        out = self.to_output({k: torch.from_numpy(v) for k, v in outputs.items()})
+        with torch.no_grad():
+            d = self.postprocess(out, input_size)[0]
+        return unpad(d, input_size, image_size, self.num_landmarks)
 
 
 def check_interface(net: nn.Module) -> None:

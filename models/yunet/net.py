@@ -11,7 +11,7 @@ The module and parameter names are the released checkpoints' (``backbone.model0.
 load with ``strict=True`` (:func:`load_yunet_weights`). docs/YUNET.md describes the
 architecture, the decoding, the loss and the augmentation; docs/DECISIONS.md the departures.
 
-Implements the detector interface of ``models/detector.py``: :meth:`YuNet.features` are the
+Implements the detector interface of ``models/interface.py``: :meth:`YuNet.features` are the
 neck outputs (the maps the self-supervised heads read), :meth:`YuNet.forward` returns a
 :class:`YuNetOutput` of raw per-level logits, :meth:`YuNet.onnx_outputs` the twelve outputs of
 the official ONNX export and :func:`export_yunet_onnx` writes such a file.
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.detector import DetectorEntry, InputSpec
 
 STRIDES = (8, 16, 32)
 NUM_LANDMARKS = 5
@@ -193,7 +192,7 @@ class YuNetHead(nn.Module):
 class YuNetKeyEncoder(nn.Module):
     """A frozen copy of the backbone and neck; ``forward`` equals :meth:`YuNet.features`. How
     its BatchNorm runs for MoCo keys (shuffled across ranks under DDP, eval mode with
-    momentum-tracked statistics in one process) is decided by ``models/moco.py``."""
+    momentum-tracked statistics in one process) is decided by ``adapt/hla/moco.py``."""
 
     def __init__(self, net: "YuNet"):
         super().__init__()
@@ -206,7 +205,7 @@ class YuNetKeyEncoder(nn.Module):
 
 
 class YuNet(nn.Module):
-    """YuNet_n / YuNet_s (``variant``), the detector interface of ``models/detector.py``.
+    """YuNet_n / YuNet_s (``variant``), the detector interface of ``models/interface.py``.
 
     Input: ``[N, 3, H, W]`` float32 **BGR in 0..255** (no mean, no scaling). Any H and W work
     (the official network needs multiples of 32; there the outputs are identical to it).
@@ -388,50 +387,3 @@ def _tidy_shapes(model, any_size: bool):
     del g.initializer[:]
     g.initializer.extend(keep)
     return model
-
-
-# ---- registry pieces (models/factory.py registers yunet_entry) -----------------------------
-
-def _check(cfg) -> None:
-    y = cfg.YUNET
-    if list(y.STRIDES) != list(STRIDES):
-        raise ValueError(f"config key YUNET.STRIDES={list(y.STRIDES)}: the YuNet network has "
-                         f"levels at strides {list(STRIDES)}")
-    if y.INPUT_SIZE <= 0 or y.INPUT_SIZE % 32:
-        raise ValueError(f"config key YUNET.INPUT_SIZE={y.INPUT_SIZE} must be a positive "
-                         f"multiple of 32")
-    if not y.CROP_CHOICE or min(y.CROP_CHOICE) <= 0:
-        raise ValueError(f"config key YUNET.CROP_CHOICE={list(y.CROP_CHOICE)} needs positive "
-                         f"scales")
-    for key, allowed in (("SCORE", ("sqrt", "product")), ("NMS_BOXES", ("float", "opencv")),
-                         ("BOX_LOSS", ("eiou", "diou"))):
-        if y[key] not in allowed:
-            raise ValueError(f"config key YUNET.{key}={y[key]!r} is not one of {allowed}")
-
-
-def yunet_entry(variant: str) -> DetectorEntry:
-    """The registry entry of ``yunet_n`` or ``yunet_s`` (see ``models/detector.py``); the
-    training dataset is ``data.yunet_transforms.build_yunet_dataset`` (registered on the data
-    side, ``data/detection_datasets.py``)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown YuNet variant {variant!r}; known: {sorted(VARIANTS)}")
-
-    def build(cfg) -> nn.Module:
-        return YuNet(variant)
-
-    def criterion(cfg):
-        from layers.yunet_loss import YuNetLoss
-        return YuNetLoss.from_config(cfg)
-
-    def postprocess(cfg):
-        from layers.yunet_postprocess import postprocess as make
-        return make(cfg)
-
-    def input_spec(cfg) -> InputSpec:
-        return InputSpec("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size_divisor=32)
-
-    return DetectorEntry(build=build, criterion=criterion, postprocess=postprocess,
-                         input_spec=input_spec,
-                         num_landmarks=NUM_LANDMARKS, preset=f"configs/models/{variant}.yaml",
-                         check=_check, export_onnx=export_yunet_onnx,
-                         extra={"load_weights": load_yunet_weights})

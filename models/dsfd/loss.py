@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers.anchors import AnchorGenerator
+from models.dsfd.anchors import AnchorGenerator
 from layers.box_utils import center_to_corners, encode
 from utils import dist
 

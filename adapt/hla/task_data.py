@@ -2,7 +2,7 @@
 registry keyed like the task toggles, and the endless loaders train.py and
 pretrain_fast_headers.py draw from.
 
-The model side (heads, losses, run-folder tags) is ``models/ssl_tasks.py``. A task is one entry
+The model side (heads, losses, run-folder tags) is ``adapt/hla/tasks.py``. A task is one entry
 in each: :data:`SSL_DATA` here gives ``factory(task, cfg, sources) -> {stream: Dataset}``.
 
 | toggle | streams | data |
@@ -112,7 +112,7 @@ def transfer_data(task, cfg, sources):
             for s in task.streams}
 
 
-# config toggle -> dataset factory (the model side: models/ssl_tasks.py SSL_TASKS)
+# config toggle -> dataset factory (the model side: adapt/hla/tasks.py SSL_TASKS)
 SSL_DATA: dict[str, Callable] = {
     "ROTATION": rotation_data,
     "JIGSAW_33": jigsaw_data,

@@ -12,7 +12,7 @@ Matching, per image, as the reference:
 
 The reference's targets carry label 1 for faces with landmarks and -1 for faces without: both
 are positives for the box and class terms; only the former for the landmark term. Our targets
-(models/detector.py) have label 1 and the ten landmark values -1 when absent, so a face counts
+(models/interface.py) have label 1 and the ten landmark values -1 when absent, so a face counts
 as "with landmarks" when its first landmark x is >= 0 (the reference's own test on the raw
 annotation).
 
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers.retinaface_priors import PriorCache, encode, encode_landm, feature_sizes, point_form
+from models.retinaface.priors import PriorCache, encode, encode_landm, feature_sizes, point_form
 from utils import dist
 
 Size = tuple[int, int]
@@ -229,7 +229,7 @@ class RetinaFaceLoss(nn.Module):
     """``forward(out, targets, image_size) -> {"loss_loc", "loss_conf", "loss_landm"}``.
 
     ``out``: the network's output (loc ``[B, P, 4]``, conf ``[B, P, 2]``, landms ``[B, P, 10]``);
-    ``targets``: per image ``[n, 15]`` (models/detector.py); ``image_size``: ``(H, W)`` of the
+    ``targets``: per image ``[n, 15]`` (models/interface.py); ``image_size``: ``(H, W)`` of the
     input. Under DDP the sums are normalised by the positives of the global batch (times the
     world size, since DDP averages gradients), as the project's DSFD loss does.
     """

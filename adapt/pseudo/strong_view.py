@@ -9,7 +9,7 @@ weak view (a fixed pseudo label carried through the crop, or a box the EMA teach
 weak view) is valid on the strong view without any remapping.
 
 :func:`strong_augment` works on the already normalised batch ``[B, 3, H, W]``: it undoes the
-detector's input normalisation (``models.detector.InputSpec``: channel order, mean, std), applies
+detector's input normalisation (``models.interface.InputSpec``: channel order, mean, std), applies
 per image, in this order,
 
 1. colour jitter with probability ``jitter_prob``: brightness, contrast and saturation factors

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers.yunet_postprocess import decode_boxes, grid_priors
+from models.yunet.postprocess import decode_boxes, grid_priors
 from utils import dist
 
 INF = 100000.0              # SimOTA's cost for a pair outside the box-and-centre region
@@ -203,7 +203,7 @@ def pad_targets(targets: list[Tensor], device) -> tuple[Tensor, Tensor]:
 class YuNetLoss(nn.Module):
     """``loss(out, targets, image_size) -> {"loss_cls", "loss_obj", "loss_bbox", "loss_kps"}``.
 
-    ``out``: :class:`models.yunet.YuNetOutput`; ``targets``: per-image ``[n, 15]`` float tensors
+    ``out``: :class:`models.yunet.net.YuNetOutput`; ``targets``: per-image ``[n, 15]`` float tensors
     (normalised x1, y1, x2, y2, label, 10 landmark coordinates or -1; label 1 is a face, -1 an
     ignore region, see the module doc); ``image_size``: the input's (H, W). Each term is
     already weighted."""

@@ -1,6 +1,6 @@
 """The image steps of the noise synthesis D(H), and the pix2pix training pairs (docs/LOW_LEVEL.md).
 
-Pipeline, for the record (the network steps are in ``models/pix2pix.py`` and the tools):
+Pipeline, for the record (the network steps are in ``lowlevel/pix2pix.py`` and the tools):
 
 1. E(L)_blur = median5(bilateral25/75/75(E(L))) for every enhanced DARK FACE image.
 2. pix2pix learns E(L)_blur -> E(L) on aligned random 256x256 crops (:class:`PairedCrops`).

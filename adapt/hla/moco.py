@@ -1,5 +1,5 @@
 """MoCo on the detector's feature maps (one InfoNCE term per level), for any detector of the
-interface in ``models/detector.py``.
+interface in ``models/interface.py``.
 
 ``encoder_q`` is the detector itself (shared with detection and the other heads): it is held by
 reference, not as a sub-module, so this module's state_dict has exactly the reference's keys
@@ -29,7 +29,7 @@ RetinaFace):
 
 Either way the key encoder's running statistics follow the query encoder's by the same momentum
 as the weights, and nothing else moves them (the shuffled train-mode pass leaves them as they
-were): with the query statistics equal on every rank (``models/hla_trainer.py`` averages them
+were): with the query statistics equal on every rank (``adapt/hla/trainer.py`` averages them
 each step), the key encoders stay identical across ranks, buffers included.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.heads import ContrastiveHead
+from adapt.hla.heads import ContrastiveHead
 from utils import dist
 
 

@@ -269,10 +269,10 @@ class RetinaFaceDataset(KeyedDataset):
 
 def build_retinaface_dataset(cfg, list_file, root=None, seed: int = 0,
                              records=None) -> RetinaFaceDataset:
-    """The training dataset of ``data/detection_datasets.py``: ``records`` (FaceRecords), or
-    those of ``list_file`` read as FACE.SRC_FORMAT (data/detection_datasets.py)."""
+    """RetinaFace's training dataset (its entry's ``train_dataset``): ``records``
+    (FaceRecords), or those of ``list_file`` read as FACE.SRC_FORMAT."""
     if records is None:
-        from data.detection_datasets import read_training_records
+        from data.annotations import read_training_records
         records = read_training_records(cfg, list_file, root)
     r = cfg.RETINAFACE
     return RetinaFaceDataset(records, r.IMAGE_SIZE, cfg.AUG.img_mean, seed, r.CROP_SCALES,
