@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.registry import build_net, ssl_input_is_bgr
 from adapt.hla.trainer import HLATrainer, trainer_state_dict
 from models.inference import autocast
-from adapt.hla.task_data import build_ssl_loaders, next_ssl_batches
+from adapt.hla.sources import build_ssl_loaders, next_ssl_batches
 from adapt.hla.tasks import build_tasks, check_moco_batch, tagged_run_name
 from utils import dist
 from engine import run as engine

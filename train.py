@@ -53,7 +53,7 @@ from data.loaders import build_detection_loader, require_file
 from adapt.pseudo.labels import (detections_to_targets, pseudo_label_loader, read_pseudo_labels,
                                 to_face_record)
 from data.ssl_datasets import stream_seed
-from adapt.hla.task_data import build_ssl_loaders, next_ssl_batches
+from adapt.hla.sources import build_ssl_loaders, next_ssl_batches
 from adapt.pseudo.strong_view import StrongAugParams, sample_generators, strong_augment
 from engine.validation import build_validation
 from models.registry import build_net, get_entry, ssl_input_is_bgr
@@ -210,7 +210,7 @@ def build_pseudo_loader(cfg, rank: int, world: int, pin: bool):
 
 def drop_held_out_ids(cfg, records: list) -> list:
     """PSEUDO.LIST's records without the held-out DARK FACE ids (DARKFACE.FILTER_TRAIN), as the
-    self-supervised target list (adapt/hla/task_data.py)."""
+    self-supervised target list (adapt/hla/sources.py)."""
     if not cfg.DARKFACE.FILTER_TRAIN:
         return records
     if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():

@@ -10,7 +10,7 @@ import data.ssl_datasets as sd
 from data.config import default_config
 from data.permutations import JIGSAW_4, JIGSAW_33, PERMUTATIONS
 from data.widerface import parse_list_file
-from adapt.hla.task_data import DataSources, build_ssl_loaders
+from adapt.hla.sources import DataSources, build_ssl_loaders
 from adapt.hla.tasks import build_tasks
 from tests.ssl_helpers import make_ssl_data
 

@@ -1,11 +1,10 @@
-"""The self-supervised tasks of joint high-low adaptation, model side: one registry, one object
-per task.
+"""The self-supervised tasks of joint high-low adaptation: one task table, one object per task.
 
 :data:`SSL_TASKS` maps each config toggle ``TRAIN.<TOGGLE>`` (weight ``TRAIN_WEIGHT.<TOGGLE>``)
-to the trainer attribute that holds its head (the HLA checkpoint prefix), the task class, the
-pre-trained head file in ``SSL.HEADS_DIR`` and the run-folder tag. The data each task reads is
-the same toggle's entry of ``adapt/hla/task_data.py`` (``models/`` never imports ``data/``). Adding a
-task is a class here, one entry in each registry and the config default.
+to the trainer attribute that holds its head (the HLA checkpoint prefix), the task class (head
+and loss), the pre-trained head file in ``SSL.HEADS_DIR``, the run-folder tag and the dataset
+factory of its streams (``adapt/hla/sources.py``). Adding a task is a class here (or a reused
+one), its dataset, one row of the table and its two config keys (the toggle and the weight).
 
 A task object knows its streams (one endless loader each), builds its head module on the
 detector's feature maps (``net.feature_channels``: any detector of ``models/interface.py``),
@@ -25,13 +24,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from adapt.hla.heads import ClassificationHead
 from adapt.hla.moco import MoCo
+from adapt.hla.sources import contrastive_data, jigsaw_data, rotation_data, transfer_data
 
 log = logging.getLogger(__name__)
 NUM_ROTATIONS = 4
@@ -46,6 +45,7 @@ class SSLTask:
 
     def __init__(self, toggle: str, spec: "TaskSpec", cfg, weight: float):
         self.toggle, self.attr, self.head_file = toggle, spec.attr, spec.head_file
+        self.data = spec.data
         self.weight = float(weight)
         self.cfg = cfg
 
@@ -122,19 +122,24 @@ class TaskSpec:
     task: type         # the SSLTask subclass
     head_file: str     # pre-trained head in SSL.HEADS_DIR
     tag: str           # the reference-style run-folder tag
+    data: Callable     # (task, cfg, sources) -> {stream: Dataset} (adapt/hla/sources.py)
 
 
 # config toggle -> task; the order is the state_dict order (the reference's for the defaults)
 SSL_TASKS: dict[str, TaskSpec] = {
-    "ROTATION": TaskSpec("rot_trainer", RotationTask, "rot_head.pth", "rot"),
-    "JIGSAW_33": TaskSpec("jig_33_trainer", JigsawTask, "jig_33_head.pth", "jig33"),
-    "JIGSAW_22": TaskSpec("jig_22_trainer", JigsawTask, "jig_22_head.pth", "jig22"),
-    "JIGSAW_41": TaskSpec("jig_41_trainer", JigsawTask, "jig_41_head.pth", "jig41"),
-    "JIGSAW_14": TaskSpec("jig_14_trainer", JigsawTask, "jig_14_head.pth", "jig14"),
-    "CONTRASTIVE": TaskSpec("con_trainer", SharedContrastiveTask, "con_head.pth", "con"),
-    "CONTRASTIVE_SOURCE": TaskSpec("consrc_trainer", ContrastiveTask, "consrc_head.pth", "con-src"),
-    "CONTRASTIVE_TARGET": TaskSpec("contrg_trainer", ContrastiveTask, "contrg_head.pth", "con-trg"),
-    "TRANSFER_CONTRASTIVE": TaskSpec("tsf_trainer", TransferTask, "tsf_head.pth", "tsf"),
+    "ROTATION": TaskSpec("rot_trainer", RotationTask, "rot_head.pth", "rot", rotation_data),
+    "JIGSAW_33": TaskSpec("jig_33_trainer", JigsawTask, "jig_33_head.pth", "jig33", jigsaw_data),
+    "JIGSAW_22": TaskSpec("jig_22_trainer", JigsawTask, "jig_22_head.pth", "jig22", jigsaw_data),
+    "JIGSAW_41": TaskSpec("jig_41_trainer", JigsawTask, "jig_41_head.pth", "jig41", jigsaw_data),
+    "JIGSAW_14": TaskSpec("jig_14_trainer", JigsawTask, "jig_14_head.pth", "jig14", jigsaw_data),
+    "CONTRASTIVE": TaskSpec("con_trainer", SharedContrastiveTask, "con_head.pth", "con",
+                         contrastive_data),
+    "CONTRASTIVE_SOURCE": TaskSpec("consrc_trainer", ContrastiveTask, "consrc_head.pth", "con-src",
+                         contrastive_data),
+    "CONTRASTIVE_TARGET": TaskSpec("contrg_trainer", ContrastiveTask, "contrg_head.pth", "con-trg",
+                         contrastive_data),
+    "TRANSFER_CONTRASTIVE": TaskSpec("tsf_trainer", TransferTask, "tsf_head.pth", "tsf",
+                         transfer_data),
 }
 
 

@@ -1,9 +1,8 @@
-"""The data side of the self-supervised tasks: which images each task's streams read, as one
-registry keyed like the task toggles, and the endless loaders train.py and
-pretrain_fast_headers.py draw from.
+"""The data of the self-supervised tasks: the images each task's streams read and the endless,
+rank-sharded loaders train.py and pretrain_fast_headers.py draw from.
 
-The model side (heads, losses, run-folder tags) is ``adapt/hla/tasks.py``. A task is one entry
-in each: :data:`SSL_DATA` here gives ``factory(task, cfg, sources) -> {stream: Dataset}``.
+Each task's dataset factory (``factory(task, cfg, sources) -> {stream: Dataset}``, defined
+here) is its ``data`` column in the one task table, :data:`adapt.hla.tasks.SSL_TASKS`:
 
 | toggle | streams | data |
 |---|---|---|
@@ -17,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -112,23 +111,9 @@ def transfer_data(task, cfg, sources):
             for s in task.streams}
 
 
-# config toggle -> dataset factory (the model side: adapt/hla/tasks.py SSL_TASKS)
-SSL_DATA: dict[str, Callable] = {
-    "ROTATION": rotation_data,
-    "JIGSAW_33": jigsaw_data,
-    "JIGSAW_22": jigsaw_data,
-    "JIGSAW_41": jigsaw_data,
-    "JIGSAW_14": jigsaw_data,
-    "CONTRASTIVE": contrastive_data,
-    "CONTRASTIVE_SOURCE": contrastive_data,
-    "CONTRASTIVE_TARGET": contrastive_data,
-    "TRANSFER_CONTRASTIVE": transfer_data,
-}
-
-
 def build_task_datasets(task, cfg, sources: DataSources) -> dict:
-    """``{stream: Dataset}`` of one task object (``task.toggle``, ``task.streams``)."""
-    return SSL_DATA[task.toggle](task, cfg, sources)
+    """``{stream: Dataset}`` of one task object (its table row's ``data`` factory)."""
+    return task.data(task, cfg, sources)
 
 
 def build_ssl_loaders(tasks, cfg, global_batch: int, rank: int, world: int,
