@@ -197,3 +197,33 @@ def test_checker_catches_a_breach_and_a_circle(tmp_path):
     assert breaches(graph, modules, read_rules(rules)) == [
         "utils/a.py imports data.b (utils -> data)"]
     assert cycles(graph) == [["data.b", "utils.a"]]
+
+
+def test_old_import_paths_resolve_to_the_moved_modules_and_nothing_uses_them():
+    """utils/moved.py keeps the paths from before the layout move importable (the same module
+    objects, with a DeprecationWarning); no file of the project, tests included, uses one."""
+    import importlib
+    import sys
+    import warnings
+
+    from utils.moved import MOVED
+    modules = project_modules()
+    for old, new in MOVED.items():
+        assert new in modules, f"{old} -> {new}: no such module"
+        assert old not in modules, f"{old} exists again beside its alias"
+    users = []
+    for path in [*ROOT.rglob("*.py")]:
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in SKIP - {"tests"} or rel.name == "test_architecture.py":
+            continue
+        for name in imported_names(path):
+            if any(name == old or name.startswith(old + ".") for old in MOVED):
+                users.append(f"{rel} imports {name}")
+    assert not users, "\n".join(users)
+    for old, new in MOVED.items():
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert importlib.import_module(old) is importlib.import_module(new), old
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+                   for w in caught), old

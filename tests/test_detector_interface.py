@@ -1,7 +1,9 @@
 """The detector interface: registry, input specs, BatchNorm-safe task batches and MoCo keys."""
 import copy
+import dataclasses
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from models.dsfd.net import DSFD
 from adapt.hla.trainer import HLATrainer
 from models.inference import FaceDetector
 from adapt.hla.moco import MoCo, _batch_shuffle_ddp, _batch_unshuffle_ddp
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyBNNet(nn.Module):
@@ -229,3 +233,25 @@ def test_model_preset_must_name_its_model(tmp_path, monkeypatch):
     monkeypatch.setattr(config_lib, "MODEL_PRESET_DIR", tmp_path)
     with pytest.raises(ConfigError, match="MODEL.NAME"):
         config_lib.load_config()
+
+
+@pytest.mark.parametrize("name", sorted(registry.DETECTORS))
+def test_every_registry_entry_fills_every_field_and_has_its_preset(name):
+    """Adding a detector is a folder, a registry line and a preset: each entry provides every
+    required field (models/interface.py REQUIRED_FIELDS) and its preset selects it."""
+    from data.config import load_config
+    entry = registry.get_entry(name)
+    assert registry.missing_fields(entry) == []
+    preset = ROOT / entry.preset
+    assert preset.is_file() and preset == ROOT / "configs" / "models" / f"{name}.yaml"
+    cfg = load_config([preset])
+    assert cfg.MODEL.NAME == name
+    entry.check(cfg)                                    # the preset fits its detector
+    assert entry.onnx_decoder(cfg).num_landmarks == entry.num_landmarks
+    assert entry.input_spec(cfg).channel_order in ("RGB", "BGR")
+
+
+def test_missing_fields_names_an_empty_field():
+    entry = registry.get_entry("dsfd_vgg")
+    assert registry.missing_fields(dataclasses.replace(entry, train_dataset=None)) == [
+        "train_dataset"]
