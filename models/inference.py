@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.interface import InputSpec
+from models.interface import InputSpec, unpad
 from models.registry import build_net, get_entry
 from utils.checkpoint import detector_state_dict, load_file
 
@@ -167,9 +167,5 @@ class FaceDetector:
         x = self.to_input(images)
         ih, iw = x.shape[-2:]
         dets = self.postprocess(self.forward(x), (ih, iw))
-        if (ih, iw) != (h, w):                # padded input: normalise by the image instead
-            scale = torch.tensor([iw / w, ih / h], device=x.device).repeat(
-                2 + self.num_landmarks)
-            dets = [torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
-                    for d in dets]
-        return [d.cpu() for d in dets]
+        # a padded input: normalise by the image instead
+        return [unpad(d, (ih, iw), (h, w), self.num_landmarks).cpu() for d in dets]

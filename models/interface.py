@@ -151,7 +151,7 @@ def unpad(detections: Tensor, input_size: Size, image_size: Size, num_landmarks:
     (ih, iw), (h, w) = input_size, image_size
     if (ih, iw) == (h, w):
         return detections
-    scale = torch.tensor([iw / w, ih / h]).repeat(2 + num_landmarks)
+    scale = torch.tensor([iw / w, ih / h], device=detections.device).repeat(2 + num_landmarks)
     d = detections
     return torch.cat((d[:, :4] * scale[:4], d[:, 4:5], d[:, 5:] * scale[4:]), 1)
 

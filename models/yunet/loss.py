@@ -116,18 +116,10 @@ def simota_assign(centres: Tensor, strides: Tensor, scores: Tensor, decoded: Ten
     gt_index = torch.zeros(B, P, dtype=torch.long, device=device)
     pos_iou = torch.zeros(B, P, dtype=scores.dtype, device=device)
     face_img, face_local = gt_valid.nonzero(as_tuple=True)                  # [F], by image
-    F_ = len(face_img)
-    if F_ == 0 or P == 0:
+    if len(face_img) == 0 or P == 0:
         return pos, gt_index, pos_iou
     gts = gt_boxes[face_img, face_local]                                    # [F, 4]
-
-    # face f vs prior p: centre strictly inside the box / inside the centre square
-    x1, y1, x2, y2 = gts[:, :, None].unbind(1)                              # [F, 1]
-    cx, cy = centres[None, :, 0], centres[None, :, 1]                       # [1, P]
-    in_box = (cx > x1) & (cy > y1) & (cx < x2) & (cy < y2)                  # [F, P]
-    r = center_radius * strides[None]
-    gcx, gcy = (x1 + x2) / 2, (y1 + y2) / 2
-    in_ctr = (cx > gcx - r) & (cy > gcy - r) & (cx < gcx + r) & (cy < gcy + r)
+    in_box, in_ctr = _prior_in_face(centres, strides, gts, center_radius)   # [F, P] each
     # candidates of an image: priors in the box or centre square of any of its faces
     hits = torch.zeros(B, P, device=device).index_add_(0, face_img, (in_box | in_ctr).float())
     candidate = hits > 0                                                    # [B, P]
@@ -147,16 +139,48 @@ def simota_assign(centres: Tensor, strides: Tensor, scores: Tensor, decoded: Ten
     cost = cls_weight * cls_cost - iou_weight * torch.log(iou + 1e-7) + INF * (~both)
     cost = cost.masked_fill(~valid, float("inf"))
 
-    # dynamic k per face from its best IoUs, then its k cheapest candidates
+    matched = _dynamic_k_match(cost, iou, valid, candidate_topk)
+    final = _one_face_per_prior(face_img, cost, matched, B)
+    f_idx, v_idx = (final & valid).nonzero(as_tuple=True)
+    b = face_img[f_idx]
+    p = order[b, v_idx]
+    pos[b, p] = True
+    gt_index[b, p] = face_local[f_idx]
+    pos_iou[b, p] = iou[f_idx, v_idx].to(pos_iou.dtype)
+    return pos, gt_index, pos_iou
+
+
+def _prior_in_face(centres: Tensor, strides: Tensor, gts: Tensor, center_radius: float):
+    """Face f vs prior p ``[F, P]``: the cell centre strictly inside the box, and inside the
+    square of half-side ``center_radius`` strides around the box centre."""
+    x1, y1, x2, y2 = gts[:, :, None].unbind(1)                              # [F, 1]
+    cx, cy = centres[None, :, 0], centres[None, :, 1]                       # [1, P]
+    in_box = (cx > x1) & (cy > y1) & (cx < x2) & (cy < y2)                  # [F, P]
+    r = center_radius * strides[None]
+    gcx, gcy = (x1 + x2) / 2, (y1 + y2) / 2
+    in_ctr = (cx > gcx - r) & (cy > gcy - r) & (cx < gcx + r) & (cy < gcy + r)
+    return in_box, in_ctr
+
+
+def _dynamic_k_match(cost: Tensor, iou: Tensor, valid: Tensor, candidate_topk: int) -> Tensor:
+    """``[F, V]`` bool: per face, dynamic k from its best IoUs, then its k cheapest
+    candidates."""
+    F_, V = cost.shape
     dynamic_k = iou.topk(min(candidate_topk, V), dim=1).values.sum(1).int().clamp(min=1)
     k_max = int(dynamic_k.max())
     cheapest = cost.topk(k_max, dim=1, largest=False).indices               # [F, k_max]
-    chosen = torch.arange(k_max, device=device)[None] < dynamic_k[:, None]
-    matched = torch.zeros(F_, V, dtype=torch.bool, device=device).scatter_(1, cheapest, chosen)
-    matched &= valid
+    chosen = torch.arange(k_max, device=cost.device)[None] < dynamic_k[:, None]
+    matched = torch.zeros(F_, V, dtype=torch.bool, device=cost.device).scatter_(1, cheapest,
+                                                                                  chosen)
+    return matched & valid
 
-    # a candidate taken by several faces keeps the face of lowest cost among all faces of its
-    # image (ties: the first face), as torch.min over the official cost matrix's row
+
+def _one_face_per_prior(face_img: Tensor, cost: Tensor, matched: Tensor, B: int) -> Tensor:
+    """``[F, V]`` bool: a candidate taken by several faces keeps the face of lowest cost among
+    all faces of its image (ties: the first face), as torch.min over the official cost
+    matrix's row."""
+    F_, V = cost.shape
+    device = cost.device
     slot = (face_img[:, None] * V + torch.arange(V, device=device)).reshape(-1)   # (image, v)
     n_match = torch.zeros(B * V, dtype=torch.long, device=device).index_add_(
         0, slot, matched.reshape(-1).long())
@@ -168,13 +192,7 @@ def simota_assign(centres: Tensor, strides: Tensor, scores: Tensor, decoded: Ten
     first = torch.full((B * V,), F_, device=device).scatter_reduce(
         0, slot[is_best], face_id[is_best], "amin")
     final = torch.where(n_match[slot] > 1, face_id == first[slot], matched.reshape(-1))
-    f_idx, v_idx = (final.view(F_, V) & valid).nonzero(as_tuple=True)
-    b = face_img[f_idx]
-    p = order[b, v_idx]
-    pos[b, p] = True
-    gt_index[b, p] = face_local[f_idx]
-    pos_iou[b, p] = iou[f_idx, v_idx].to(pos_iou.dtype)
-    return pos, gt_index, pos_iou
+    return final.view(F_, V)
 
 
 def box_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
