@@ -36,6 +36,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from utils.files import UTF8_BOM, NotUtf8Error, read_utf8_lines
+
 logger = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 5
@@ -43,7 +45,6 @@ MISSING = -1.0                      # the formats' marker of an absent landmark 
 RETINAFACE_WIDTHS = (4, 20)         # numbers per face line: box only / box + 15 + 1
 LABELV2_WIDTHS = (4, 14, 19)        # box only / box + 5 (x, y) / box + 5 (x, y, flag)
 LABORO_LISTS = {"train": None, "val": "tvval_list.txt", "test": "tvtest_list.txt"}
-_BOM = b"\xef\xbb\xbf"
 
 
 class AnnotationError(ValueError):
@@ -78,18 +79,11 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     """``(1-based line number, stripped text)`` of the non-blank lines of a UTF-8 file."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    data = path.read_bytes()
-    if data.startswith(_BOM):
-        data = data[len(_BOM):]
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        head = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        column = len(head) - head.rfind(b"\n")
-        raise AnnotationError(path, head.count(b"\n") + 1,
-                              f"byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 "
-                              "(save the file as UTF-8)") from None
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        lines = read_utf8_lines(path)
+    except NotUtf8Error as exc:
+        raise AnnotationError(path, exc.line, f"byte 0x{exc.byte:02x} at column {exc.column} is "
+                              "not UTF-8 (save the file as UTF-8)") from None
     return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
@@ -444,7 +438,7 @@ def detect_format(path) -> str:
             return "laboro"
         raise AnnotationError(path, None, "folder is not a Laboro TV Face root (no train/, val/ "
                                           f"or test/ with images/); known formats: {known}")
-    if path.is_file() and path.read_bytes()[:256].lstrip(_BOM + b" \t\r\n").startswith(b"<"):
+    if path.is_file() and path.read_bytes()[:256].lstrip(UTF8_BOM + b" \t\r\n").startswith(b"<"):
         return "dlib_xml"                           # XML (any encoding): dlib's imglab format
     lines = _read_lines(path)
     if not lines:

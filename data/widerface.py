@@ -23,13 +23,13 @@ import torch
 from data.augmentations import train_preprocess, val_preprocess
 from data.image_folder import UNREADABLE, load_rgb  # noqa: F401  (re-exported)
 from data.samplers import MAX_DRAWS, KeyedDataset  # noqa: F401  (MAX_DRAWS re-exported)
+from utils.files import NotUtf8Error, read_utf8_lines
 
 logger = logging.getLogger(__name__)
 
 # The one label a list file may give a box: 1 = face (NUM_CLASSES = 2 with the background).
 # Any other value would silently train the background class or index past the classifier.
 FACE_LABEL = 1
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -100,17 +100,11 @@ def read_list_lines(path: Path) -> list[str]:
     A leading UTF-8 BOM is dropped (editors on Windows add one; it would otherwise become part
     of the first image path); bytes that are not UTF-8 raise ``ValueError`` naming the file and
     the line."""
-    data = path.read_bytes()
-    if data.startswith(_BOM):
-        data = data[len(_BOM):]
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        head = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        line = head.count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 "
+        return read_utf8_lines(path)
+    except NotUtf8Error as exc:
+        raise ValueError(f"{path}, line {exc.line}: byte 0x{exc.byte:02x} is not UTF-8 "
                          f"(save the list file as UTF-8)") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 class WIDERDetection(KeyedDataset):

@@ -21,6 +21,7 @@ from typing import IO, Callable
 
 TEMP_SUFFIX = ".tmp"
 TEMP_GLOB = ".*" + TEMP_SUFFIX          # .<file name>.<random>.tmp
+UTF8_BOM = b"\xef\xbb\xbf"
 LOW_SPACE = 1 << 20                     # below this many free bytes a failed write is "disk full"
 # the process's umask, read once (setting it is process-wide, so never from a writer thread):
 # temporary files are created 0600, the renamed result gets the mode a plain open() would give
@@ -115,3 +116,27 @@ def remove_stale_temps(folder: str | Path, recursive: bool = True) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+class NotUtf8Error(ValueError):
+    """Bytes of a text file that are not UTF-8, at 1-based ``line`` and ``column``."""
+
+    def __init__(self, path: Path, line: int, column: int, byte: int):
+        super().__init__(f"{path}, line {line}, column {column}: byte 0x{byte:02x} is not UTF-8")
+        self.path, self.line, self.column, self.byte = path, line, column, byte
+
+
+def read_utf8_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file, ends LF, CRLF or CR (as Python's text mode reads them).
+    A leading BOM is dropped (editors on Windows add one; it would otherwise become part of the
+    first line); bytes that are not UTF-8 raise :class:`NotUtf8Error` with their position."""
+    data = Path(path).read_bytes()
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        raise NotUtf8Error(Path(path), head.count(b"\n") + 1, len(head) - head.rfind(b"\n"),
+                           data[exc.start]) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
