@@ -90,3 +90,35 @@ class KeyedDataset(torch.utils.data.Dataset):
 
     def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index])
+
+    def __getitem__(self, key):
+        """``(image, target, skipped)`` tensors of the sample at ``key``: :meth:`read` the
+        record's image, :meth:`transform` it; an unreadable image (None) or a sample with no face
+        left (None) draws another record from the sample's own generator, at most MAX_DRAWS
+        times. ``skipped`` counts the unreadable images met."""
+        epoch, index = self._key(key)
+        rng = self.sample_rng(epoch, index)
+        skipped = 0
+        for _ in range(MAX_DRAWS):
+            record = self.records[index]
+            image = self.read(record)
+            if image is None:
+                skipped += 1
+            else:
+                sample = self.transform(image, record, rng)
+                if sample is not None:
+                    return torch.from_numpy(sample[0]), torch.from_numpy(sample[1]), skipped
+            index = int(rng.integers(len(self)))
+        raise RuntimeError(self.no_sample_message(skipped))
+
+    def read(self, record):
+        """The record's image, or None (logged) when it cannot be read."""
+        raise NotImplementedError
+
+    def transform(self, image, record, rng: np.random.Generator):
+        """``(image, target)`` arrays of one augmented sample, or None to draw again."""
+        raise NotImplementedError
+
+    def no_sample_message(self, skipped: int) -> str:
+        return (f"no usable sample after {MAX_DRAWS} draws ({skipped} unreadable images); "
+                "check the image paths")

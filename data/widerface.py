@@ -131,34 +131,30 @@ class WIDERDetection(KeyedDataset):
         if not self.records:
             raise ValueError(f"list file {list_file} has no image with a valid box")
 
-    def __getitem__(self, key):
-        epoch, index = self._key(key)
-        rng = self.sample_rng(epoch, index)
-        skipped = 0
-        for _ in range(MAX_DRAWS):
-            record = self.records[index]
-            try:
-                img = load_rgb(record.path)
-            except UNREADABLE as exc:
-                logger.warning("skipping unreadable image %s (%s: %s)", record.path,
-                               type(exc).__name__, exc)
-                skipped += 1
-                index = int(rng.integers(len(self)))
-                continue
-            width, height = img.size
-            boxes = record.boxes / np.array([width, height, width, height], dtype=np.float64)
-            if self.train:
-                image, boxes, labels = train_preprocess(img, boxes, record.labels, self.aug, rng,
-                                                        self.camera)
-                if len(boxes) == 0:           # no face survived: the reference draws again
-                    index = int(rng.integers(len(self)))
-                    continue
-            else:
-                image, boxes, labels = val_preprocess(img, boxes, record.labels, self.aug)
-            target = np.concatenate([boxes, labels.astype(np.float32)[:, None]], axis=1)
-            return torch.from_numpy(image), torch.from_numpy(target.astype(np.float32)), skipped
-        raise RuntimeError(f"{self.list_file}: no usable sample after {MAX_DRAWS} draws "
-                           f"({skipped} unreadable images); check the image paths")
+    def read(self, record):
+        try:
+            return load_rgb(record.path)
+        except UNREADABLE as exc:
+            logger.warning("skipping unreadable image %s (%s: %s)", record.path,
+                           type(exc).__name__, exc)
+            return None
+
+    def transform(self, img, record, rng):
+        width, height = img.size
+        boxes = record.boxes / np.array([width, height, width, height], dtype=np.float64)
+        if self.train:
+            image, boxes, labels = train_preprocess(img, boxes, record.labels, self.aug, rng,
+                                                    self.camera)
+            if len(boxes) == 0:               # no face survived: the reference draws again
+                return None
+        else:
+            image, boxes, labels = val_preprocess(img, boxes, record.labels, self.aug)
+        target = np.concatenate([boxes, labels.astype(np.float32)[:, None]], axis=1)
+        return image, target.astype(np.float32)
+
+    def no_sample_message(self, skipped: int) -> str:
+        return (f"{self.list_file}: no usable sample after {MAX_DRAWS} draws "
+                f"({skipped} unreadable images); check the image paths")
 
 
 def detection_collate(batch):

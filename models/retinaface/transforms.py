@@ -35,7 +35,6 @@ from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from data.augmentations import maybe_low_light
 from data.lowlight_model import camera_spec
@@ -247,24 +246,19 @@ class RetinaFaceDataset(KeyedDataset):
         self.camera = camera
         self.epoch = 0
 
-    def __getitem__(self, key):
-        epoch, index = self._key(key)
-        rng = self.sample_rng(epoch, index)
-        skipped = 0
-        for _ in range(MAX_DRAWS):
-            record = self.records[index]
-            image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-            if image is None:
-                logger.warning("skipping unreadable image %s", record.path)
-                skipped += 1
-                index = int(rng.integers(len(self)))
-                continue
-            image, target = preproc(image, record_faces(record), self.image_size, self.mean, rng,
-                                    self.scales, self.min_face, self.lowlight_prob,
-                                    self.camera)
-            return torch.from_numpy(image), torch.from_numpy(target), skipped
-        raise RuntimeError(f"no readable image after {MAX_DRAWS} draws ({skipped} unreadable); "
-                           "check the image paths")
+    def read(self, record):
+        image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
+        if image is None:
+            logger.warning("skipping unreadable image %s", record.path)
+        return image
+
+    def transform(self, image, record, rng):
+        return preproc(image, record_faces(record), self.image_size, self.mean, rng, self.scales,
+                       self.min_face, self.lowlight_prob, self.camera)
+
+    def no_sample_message(self, skipped: int) -> str:
+        return (f"no readable image after {MAX_DRAWS} draws ({skipped} unreadable); "
+                "check the image paths")
 
 
 def build_retinaface_dataset(cfg, list_file, root=None, seed: int = 0,

@@ -33,11 +33,10 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from data.augmentations import maybe_low_light
 from data.lowlight_model import camera_spec
-from data.samplers import MAX_DRAWS, KeyedDataset
+from data.samplers import KeyedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -186,29 +185,17 @@ class YuNetTrainDataset(KeyedDataset):
         self.camera = camera                 # AUG.lowlight_model's camera (None: the toy model)
         self.epoch = 0
 
-    def __getitem__(self, key):
-        epoch, index = self._key(key)
-        rng = self.sample_rng(epoch, index)
-        skipped = 0
-        for _ in range(MAX_DRAWS):
-            record = self.records[index]
-            img = read_bgr(record.path)
-            if img is None:
-                logger.warning("skipping unreadable image %s", record.path)
-                skipped += 1
-                index = int(rng.integers(len(self)))
-                continue
-            sample = yunet_sample(img, np.asarray(record.boxes, np.float64),
-                                  np.asarray(record.landmarks, np.float64),
-                                  np.asarray(record.labels), self.crop_choice, self.size,
-                                  self.flip_ratio, rng, self.lowlight_prob, self.camera)
-            if sample is None:
-                index = int(rng.integers(len(self)))
-                continue
-            image, target = sample
-            return torch.from_numpy(image), torch.from_numpy(target), skipped
-        raise RuntimeError(f"no usable sample after {MAX_DRAWS} draws ({skipped} unreadable "
-                           f"images); check the image paths")
+    def read(self, record):
+        img = read_bgr(record.path)
+        if img is None:
+            logger.warning("skipping unreadable image %s", record.path)
+        return img
+
+    def transform(self, img, record, rng):
+        return yunet_sample(img, np.asarray(record.boxes, np.float64),
+                            np.asarray(record.landmarks, np.float64),
+                            np.asarray(record.labels), self.crop_choice, self.size,
+                            self.flip_ratio, rng, self.lowlight_prob, self.camera)
 
 
 def build_yunet_dataset(cfg, list_file: str | Path, root, seed: int,
