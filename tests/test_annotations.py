@@ -1,6 +1,7 @@
 """data/annotations.py: the registry of face-annotation formats, readers, writers, sniffing."""
 import logging
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from data.annotations import (FORMATS, AnnotationError, FaceRecord, detect_format,
                               has_landmarks, read_annotations, write_annotations)
 from data.widerface import parse_list_file
+from tests.common import assert_read_fails, bad_wider_lines
 
 
 def where(path, line):
@@ -58,21 +60,12 @@ def test_wider_matches_parse_list_file(tmp_path):
         lst, root=tmp_path / "root")]
 
 
-@pytest.mark.parametrize("line, what", [
-    ("a.jpg 2 1 2 3 4 1", "N = 2 needs 10 numbers"),
-    ("a.jpg 1 1 2 3 4 1 9", "N = 1 needs 5 numbers"),
-    ("a.jpg 1 1 two 3 4 1", "'two' is not a number"),
-    ("a.jpg -1", "N >= 0"),
-    ("a.jpg x 1 2 3 4 1", "face count 'x' is not an integer"),
-    ("a.jpg", "N >= 0"),
-    ("a.jpg 1 1 2 3 4 1.5", "labels must be integers"),
-    ("a.jpg 1 1 nan 3 4 1", "non-finite"),
-])
+@pytest.mark.parametrize("line, what", bad_wider_lines("read_annotations"))
 def test_wider_bad_line_names_file_and_line(tmp_path, line, what):
     lst = tmp_path / "bad_list.txt"
-    lst.write_text(f"ok.jpg 1 1 2 3 4 1\n\n{line}\nok.jpg 1 1 2 3 4 1\n")
-    with pytest.raises(AnnotationError, match=where(lst, 3) + ".*" + re.escape(what)):
-        read_annotations(lst, "wider")
+    assert_read_fails(partial(read_annotations, fmt="wider"), lst,
+                      f"ok.jpg 1 1 2 3 4 1\n\n{line}\nok.jpg 1 1 2 3 4 1\n",
+                      AnnotationError, where(lst, 3) + ".*" + re.escape(what))
 
 
 # ---- retinaface ------------------------------------------------------------------------------
@@ -109,20 +102,6 @@ def test_retinaface_reads_boxes_landmarks_and_image_folder(tmp_path):
     assert other[0].path == str(tmp_path / "pics" / "0--Parade/a.jpg")
 
 
-@pytest.mark.parametrize("text, line, what", [
-    ("1 2 3 4\n# a.jpg\n", 1, "face line before any '# <image path>' header"),
-    ("# a.jpg\n1 2 3 4\n1 2 3 4 5 6 7\n", 3, "needs 4 or 20 numbers"),
-    ("# a.jpg\n1 2 3 4\n1 2 x 4\n", 3, "'x' is not a number"),
-    ("# a.jpg\n\n#\n1 2 3 4\n", 3, "expected '# <image path>'"),
-    ("# a.jpg\n1 2 3 inf\n", 2, "non-finite"),
-])
-def test_retinaface_bad_line_names_file_and_line(tmp_path, text, line, what):
-    label = tmp_path / "label.txt"
-    label.write_text(text)
-    with pytest.raises(AnnotationError, match=where(label, line) + ".*" + re.escape(what)):
-        read_annotations(label, "retinaface")
-
-
 # ---- labelv2 ---------------------------------------------------------------------------------
 
 def test_labelv2_reads_sizes_boxes_and_both_landmark_layouts(tmp_path):
@@ -142,18 +121,24 @@ def test_labelv2_reads_sizes_boxes_and_both_landmark_layouts(tmp_path):
     assert b.landmarks[0].ravel().tolist() == list(range(5, 15))
 
 
-@pytest.mark.parametrize("text, line, what", [
-    ("# a.jpg 10\n1 2 3 4\n", 1, "expected '# <image path> <width> <height>'"),
-    ("# a.jpg 10 x\n", 1, "positive integer sizes"),
-    ("# a.jpg 10 0\n", 1, "positive integer sizes"),
-    ("# a.jpg 10 10\n1 2 3 4\n1 2 3 4 5\n", 3, "needs 4, 14 or 19 numbers"),
-    ("\n\n1 2 3 4\n", 3, "face line before any"),
+# ---- bad lines of the block formats (retinaface, labelv2) ------------------------------------
+
+@pytest.mark.parametrize("fmt, text, line, what", [
+    ("retinaface", "1 2 3 4\n# a.jpg\n", 1, "face line before any '# <image path>' header"),
+    ("retinaface", "# a.jpg\n1 2 3 4\n1 2 3 4 5 6 7\n", 3, "needs 4 or 20 numbers"),
+    ("retinaface", "# a.jpg\n1 2 3 4\n1 2 x 4\n", 3, "'x' is not a number"),
+    ("retinaface", "# a.jpg\n\n#\n1 2 3 4\n", 3, "expected '# <image path>'"),
+    ("retinaface", "# a.jpg\n1 2 3 inf\n", 2, "non-finite"),
+    ("labelv2", "# a.jpg 10\n1 2 3 4\n", 1, "expected '# <image path> <width> <height>'"),
+    ("labelv2", "# a.jpg 10 x\n", 1, "positive integer sizes"),
+    ("labelv2", "# a.jpg 10 0\n", 1, "positive integer sizes"),
+    ("labelv2", "# a.jpg 10 10\n1 2 3 4\n1 2 3 4 5\n", 3, "needs 4, 14 or 19 numbers"),
+    ("labelv2", "\n\n1 2 3 4\n", 3, "face line before any"),
 ])
-def test_labelv2_bad_line_names_file_and_line(tmp_path, text, line, what):
-    label = tmp_path / "labelv2.txt"
-    label.write_text(text)
-    with pytest.raises(AnnotationError, match=where(label, line) + ".*" + re.escape(what)):
-        read_annotations(label, "labelv2")
+def test_block_format_bad_line_names_file_and_line(tmp_path, fmt, text, line, what):
+    label = tmp_path / {"retinaface": "label.txt", "labelv2": "labelv2.txt"}[fmt]
+    assert_read_fails(partial(read_annotations, fmt=fmt), label, text,
+                      AnnotationError, where(label, line) + ".*" + re.escape(what))
 
 
 # ---- encodings and line ends -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import train
 from data import config as config_lib
 from utils.files import TEMP_GLOB
+from tests.common import poisoned_criterion
 from tests.helpers import ROOT, make_tiny_wider, tiny_train_overrides
 from engine import run as engine
 from utils.checkpoint import load_file, non_finite_tensors, prune_checkpoints
@@ -45,20 +46,10 @@ def test_a_blown_up_learning_rate_never_reaches_a_checkpoint(data, tmp_path, cap
 
 
 def test_a_non_finite_gradient_stops_before_the_step(data, tmp_path, monkeypatch, caplog):
-    from models.dsfd.loss import ProgressiveAnchorLoss
+    def poison(losses):                              # value 0, gradient 0 * inf = NaN
+        losses["poison"] = torch.sqrt(losses["loc_pal1"] * 0)
 
-    class PoisonedGradient(ProgressiveAnchorLoss):
-        calls = 0
-
-        def forward(self, *args, **kwargs):
-            losses = super().forward(*args, **kwargs)
-            PoisonedGradient.calls += 1
-            if PoisonedGradient.calls == 2:          # value 0, gradient 0 * inf = NaN
-                losses["poison"] = torch.sqrt(losses["loc_pal1"] * 0)
-            return losses
-
-    monkeypatch.setattr(train, "build_criterion", lambda cfg: PoisonedGradient(
-        cfg.ANCHOR, cfg.FACE.OVERLAP_THRESH, cfg.LOSS.NEG_POS_RATIOS))
+    monkeypatch.setattr(train, "build_criterion", poisoned_criterion(2, poison))
     rc = train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 3,
                                                             "RUN.CKPT_EVERY": 1}))
     assert rc == 1

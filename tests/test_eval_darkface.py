@@ -2,7 +2,9 @@
 
 ``reference_darkface`` below is an independent, deliberately naive transcription of the
 official Octave tool (docs/EVALUATION.md): Python loops per prediction, per GT and per
-threshold. The vectorised evaluator must give the very same curves on random data.
+threshold. The vectorised evaluator must give the very same curves on random data. The steps
+both official tools share (norm_score.m's score range, image_pr_info's threshold sweep) come from
+tests/common.py, used by the WIDER FACE reference too.
 """
 import json
 import math
@@ -13,6 +15,7 @@ import pytest
 
 from evaluation.darkface import (evaluate_darkface, evaluate_darkface_boxes, load_darkface_gt,
                                  read_darkface_pred_file)
+from tests.common import assert_read_fails, float32_score_range, last_row_at_thresholds
 from tools import eval_darkface
 
 
@@ -24,11 +27,7 @@ def reference_darkface(gt, preds):
     # read_pred.m: stable sort by score, descending.
     preds = {i: sorted(p, key=lambda r: -r[4]) for i, p in preds.items() if p}
     # norm_score.m in single precision, with the max == min branch.
-    hi, lo = np.float32(np.finfo(np.float32).tiny), np.float32(np.finfo(np.float32).max)
-    for rows in preds.values():
-        for r in rows:
-            hi = max(hi, np.float32(r[4]))
-            lo = min(lo, np.float32(r[4]))
+    hi, lo = float32_score_range(preds.values())
     for rows in preds.values():
         for r in rows:
             if hi != lo:
@@ -59,15 +58,10 @@ def reference_darkface(gt, preds):
             if best >= 0.5:
                 recall_list[idx] = 1
             pred_recall.append(sum(1 for v in recall_list if v == 1))
-        for k in range(1, 1001):
-            t = 1 - k / 1000
-            last = None
-            for i, r in enumerate(rows):
-                if r[4] >= t:
-                    last = i
+        for k, last in enumerate(last_row_at_thresholds(rows)):
             if last is not None:
-                proposals[k - 1] += last + 1
-                recalled[k - 1] += pred_recall[last]
+                proposals[k] += last + 1
+                recalled[k] += pred_recall[last]
     precision = [r / p if p else math.nan for r, p in zip(recalled, proposals)]
     recall = [r / count_face if count_face else math.nan for r in recalled]
     return np.array(precision), np.array(recall)
@@ -247,12 +241,10 @@ def test_in_memory_api_equals_files(tmp_path):
 
 def test_malformed_lines_name_file_and_line(tmp_path):
     pred = tmp_path / "7.txt"
-    pred.write_text("1 2 3 4 0.5\n1 2 three 4 0.5\n")
-    with pytest.raises(ValueError, match=r"7\.txt:2: "):
-        read_darkface_pred_file(pred)
-    pred.write_text("1 2 3 4 0.5\n\n1 2 3 4\n")
-    with pytest.raises(ValueError, match=r"7\.txt:3: "):
-        read_darkface_pred_file(pred)
+    assert_read_fails(read_darkface_pred_file, pred, "1 2 3 4 0.5\n1 2 three 4 0.5\n",
+                      ValueError, r"7\.txt:2: ")
+    assert_read_fails(read_darkface_pred_file, pred, "1 2 3 4 0.5\n\n1 2 3 4\n",
+                      ValueError, r"7\.txt:3: ")
     gt_dir = tmp_path / "gt"
     gt_dir.mkdir()
     (gt_dir / "1.txt").write_text("2\n0 0 9 9\n")

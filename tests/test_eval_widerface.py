@@ -3,7 +3,8 @@
 ``reference_wider`` is an independent, deliberately naive transcription of the official
 MATLAB tool (docs/EVALUATION.md) with MATLAB's int32 arithmetic spelled out on Python integers
 (exact rational rounding via ``fractions``): loops per prediction, per GT and per threshold.
-The vectorised evaluator must give the very same curves on random data.
+The vectorised evaluator must give the very same curves on random data. The steps both official
+tools share (norm_score.m's score range, image_pr_info's threshold sweep) come from tests/common.py.
 """
 import json
 import math
@@ -17,6 +18,7 @@ import scipy.io as sio
 from evaluation.widerface import (SETTINGS, WiderGT, evaluate_widerface,
                                   evaluate_widerface_boxes, load_widerface_gt,
                                   match_first_rounded, read_widerface_pred_file, to_int32)
+from tests.common import assert_read_fails, float32_score_range, last_row_at_thresholds
 from tools import eval_widerface
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
@@ -65,11 +67,7 @@ def reference_wider(images, setting):
     """images: list of (gt boxes [[x,y,w,h] ints], keep dict setting -> 1-based list,
     prediction rows [[x,y,w,h,s]] or None)."""
     preds = [None if not p else sorted(p, key=lambda r: -r[4]) for _, _, p in images]
-    hi, lo = np.float32(np.finfo(np.float32).tiny), np.float32(np.finfo(np.float32).max)
-    for rows in preds:
-        for r in rows or []:
-            hi = max(hi, np.float32(r[4]))
-            lo = min(lo, np.float32(r[4]))
+    hi, lo = float32_score_range(preds)
     with np.errstate(invalid="ignore", divide="ignore"):
         preds = [None if rows is None else
                  [r[:4] + [float((np.float32(r[4]) - lo) / (hi - lo))] for r in rows]
@@ -100,15 +98,10 @@ def reference_wider(images, setting):
                 elif recall_list[idx] == 0:
                     recall_list[idx] = 1
             pred_recall.append(sum(1 for v in recall_list if v == 1))
-        for k in range(1, 1001):
-            t = 1 - k / 1000
-            last = None
-            for i, r in enumerate(rows):
-                if r[4] >= t:
-                    last = i
+        for k, last in enumerate(last_row_at_thresholds(rows)):
             if last is not None:
-                proposals[k - 1] += sum(1 for p in proposal_list[:last + 1] if p == 1)
-                recalled[k - 1] += pred_recall[last]
+                proposals[k] += sum(1 for p in proposal_list[:last + 1] if p == 1)
+                recalled[k] += pred_recall[last]
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.array(recalled, float) / np.array(proposals, float)
         recall = np.array(recalled, float) / float(count_face)
@@ -433,15 +426,11 @@ def test_empty_images_and_missing_files(tmp_path):
 
 def test_malformed_files_name_file_and_line(tmp_path):
     path = tmp_path / "x.txt"
-    path.write_text("x.jpg\n2\n1 2 3 4 0.5\n1 2 3 0.5\n")
-    with pytest.raises(ValueError, match=r"x\.txt:4: "):
-        read_widerface_pred_file(path)
-    path.write_text("x.jpg\n3\n1 2 3 4 0.5\n1 2 3 4 0.5\n")
-    with pytest.raises(ValueError, match=r"x\.txt:5: the file announces 3 boxes"):
-        read_widerface_pred_file(path)
-    path.write_text("x.jpg\nthree\n")
-    with pytest.raises(ValueError, match=r"x\.txt:2: expected a box count"):
-        read_widerface_pred_file(path)
+    for text, match in [("x.jpg\n2\n1 2 3 4 0.5\n1 2 3 0.5\n", r"x\.txt:4: "),
+                        ("x.jpg\n3\n1 2 3 4 0.5\n1 2 3 4 0.5\n",
+                         r"x\.txt:5: the file announces 3 boxes"),
+                        ("x.jpg\nthree\n", r"x\.txt:2: expected a box count")]:
+        assert_read_fails(read_widerface_pred_file, path, text, ValueError, match)
     # Lines after the announced count are ignored, as read_pred.m does.
     path.write_text("x.jpg\n1\n1\t2  3 4 0.5\nnot a box\n")
     np.testing.assert_array_equal(read_widerface_pred_file(path), [[1, 2, 3, 4, 0.5]])

@@ -8,6 +8,7 @@ from data.config import ConfigError
 from data.config_check import validate
 from data.widerface import parse_list_file
 from evaluation.darkface import read_darkface_gt_file
+from tests.common import assert_read_fails
 from tests.test_eval_widerface import all_kept, write_fake_gt, write_pred_files
 from tools import eval_darkface, eval_widerface
 
@@ -18,17 +19,15 @@ from tools import eval_darkface, eval_widerface
                                          ("2", "label 2 is not the face label 1"),
                                          ("-1", "label -1 is not the face label 1")])
 def test_labels_other_than_face_name_file_and_line(tmp_path, label, what):
-    lst = tmp_path / "labels.txt"
-    lst.write_text(f"a.jpg 1 1 2 3 4 1\nb.jpg 2 1 2 3 4 1 5 6 7 8 {label}\n")
-    with pytest.raises(ValueError, match=rf"labels\.txt, line 2: {what}"):
-        parse_list_file(lst)
+    assert_read_fails(parse_list_file, tmp_path / "labels.txt",
+                      f"a.jpg 1 1 2 3 4 1\nb.jpg 2 1 2 3 4 1 5 6 7 8 {label}\n",
+                      ValueError, rf"labels\.txt, line 2: {what}")
 
 
 def test_non_utf8_bytes_name_file_and_line(tmp_path):
-    lst = tmp_path / "latin1.txt"
-    lst.write_bytes(b"a.jpg 1 1 2 3 4 1\r\nb.jpg 1 1 2 3 4 1\r\nc\xe9.jpg 1 1 2 3 4 1\r\n")
-    with pytest.raises(ValueError, match=r"latin1\.txt, line 3: byte 0xe9 is not UTF-8"):
-        parse_list_file(lst)
+    assert_read_fails(parse_list_file, tmp_path / "latin1.txt",
+                      b"a.jpg 1 1 2 3 4 1\r\nb.jpg 1 1 2 3 4 1\r\nc\xe9.jpg 1 1 2 3 4 1\r\n",
+                      ValueError, r"latin1\.txt, line 3: byte 0xe9 is not UTF-8")
 
 
 def test_a_utf8_bom_is_handled(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
+from tests.common import assert_read_fails
 from tools import prepare_wider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,18 +107,19 @@ def test_custom_prefix(tmp_path):
 
 
 @pytest.mark.parametrize("text, line, what", [
-    ("e/a.jpg\nx\n", 2, "face count"),
-    ("e/a.jpg\n-1\n", 2, "face count"),
-    ("e/a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 3, "ends first"),
-    ("e/a.jpg\n1\n1 2 3\n", 3, "x1 y1 w h"),
-    ("e/a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\ne/b.jpg\n1\n1 two 3 4 0 0 0 0 0 0\n", 6, "x1 y1 w h"),
-    ("e/a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n7 8 9 10 0 0 0 0 0 0\n", 4, "image path"),
+    pytest.param("e/a.jpg\nx\n", 2, "face count", id="count not a number"),
+    pytest.param("e/a.jpg\n-1\n", 2, "face count", id="negative count"),
+    pytest.param("e/a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 3, "ends first", id="file ends first"),
+    pytest.param("e/a.jpg\n1\n1 2 3\n", 3, "x1 y1 w h", id="face line too short"),
+    pytest.param("e/a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\ne/b.jpg\n1\n1 two 3 4 0 0 0 0 0 0\n", 6,
+                 "x1 y1 w h", id="word in a face line"),
+    pytest.param("e/a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n7 8 9 10 0 0 0 0 0 0\n", 4, "image path",
+                 id="one face line too many"),
 ])
 def test_malformed_input_names_file_and_line(tmp_path, text, line, what, capsys):
     gt = tmp_path / "wider_face_val_bbx_gt.txt"
-    gt.write_text(text)
-    with pytest.raises(prepare_wider.GroundTruthError, match=rf"{gt.name}, line {line}: .*{what}"):
-        prepare_wider.parse_official_gt(gt)
+    assert_read_fails(prepare_wider.parse_official_gt, gt, text, prepare_wider.GroundTruthError,
+                      rf"{gt.name}, line {line}: .*{what}")
     assert prepare_wider.main(["--gt", str(gt), "--out", str(tmp_path / "o.txt")]) == 1
     assert f"line {line}" in capsys.readouterr().err
 

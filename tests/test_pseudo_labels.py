@@ -6,6 +6,7 @@ from adapt.pseudo.labels import (IGNORE, MAGIC, POSITIVE, PseudoLabelError, Pseu
                                 format_pseudo_labels, merge_pseudo_labels, read_pseudo_labels,
                                 relative_image_path, to_face_record, to_targets,
                                 write_pseudo_labels)
+from tests.common import assert_read_fails
 
 
 def make_records():
@@ -77,9 +78,8 @@ def test_merge_and_cat_of_per_image_files_read_as_one_list(tmp_path):
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, body, line, message):
     path = tmp_path / "bad.txt"
-    path.write_text(f"{MAGIC} 1\n{body}")
-    with pytest.raises(PseudoLabelError, match=message) as info:
-        read_pseudo_labels(path)
+    info = assert_read_fails(read_pseudo_labels, path, f"{MAGIC} 1\n{body}", PseudoLabelError,
+                             message)
     assert str(info.value).startswith(f"{path}:{line}:")
 
 

@@ -14,6 +14,7 @@ from data.config import default_config
 from models.retinaface.transforms import (CROP_SCALES, Faces, RetinaFaceDataset,
                                         build_retinaface_dataset, draw_crop_trials, mirror,
                                         pad_to_square, preproc, square_crop)
+from tests.common import noise_image_records
 
 MEAN = (104.0, 117.0, 123.0)
 
@@ -157,14 +158,11 @@ def test_pad_path_and_faces_without_landmarks():
 
 
 def _records(tmp_path, n=4):
-    rng = np.random.default_rng(0)
-    records = []
-    for k in range(n):
-        image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
-        cv2.imwrite(str(tmp_path / f"{k}.png"), image)
+    def faces(rng):
         f = random_faces(rng, 3, 160, 120)
-        records.append(FaceRecord(str(tmp_path / f"{k}.png"), f.boxes, f.landms, f.labels))
-    return records
+        return f.boxes, f.landms, f.labels
+
+    return noise_image_records(tmp_path, n, faces, seed=0)
 
 
 def test_dataset_determinism_epochs_and_unreadable(tmp_path):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from data.config import default_config
 from data.widerface import WIDERDetection, detection_collate, parse_list_file
+from tests.common import assert_read_fails, bad_wider_lines
 
 
 @pytest.fixture
@@ -51,21 +52,10 @@ def test_images_without_a_valid_box(tmp_path):
     assert kept[0].boxes.shape == (0, 4) and kept[1].labels.shape == (0,)
 
 
-@pytest.mark.parametrize("line, what", [
-    ("a.jpg 2 1 2 3 4 1", "needs 10 numbers"),
-    ("a.jpg 1 1 2 3 4 1 9", "needs 5 numbers"),
-    ("a.jpg 1 1 two 3 4 1", "non-numeric"),
-    ("a.jpg -1", "N >= 0"),
-    ("a.jpg x 1 2 3 4 1", "not an integer"),
-    ("a.jpg", "N >= 0"),
-    ("a.jpg 1 1 2 3 4 face", "non-numeric"),
-    ("a.jpg 1 1 2 3 4 1.5", "integers"),
-])
+@pytest.mark.parametrize("line, what", bad_wider_lines("parse_list_file"))
 def test_malformed_line_names_file_and_line(tmp_path, line, what):
-    lst = tmp_path / "bad_list.txt"
-    lst.write_text(f"ok.jpg 1 1 2 3 4 1\n\n{line}\n")
-    with pytest.raises(ValueError, match=rf"bad_list\.txt, line 3: .*{what}"):
-        parse_list_file(lst)
+    assert_read_fails(parse_list_file, tmp_path / "bad_list.txt", f"ok.jpg 1 1 2 3 4 1\n\n{line}\n",
+                      ValueError, rf"bad_list\.txt, line 3: .*{what}")
 
 
 def test_missing_list_file_names_the_path(tmp_path):

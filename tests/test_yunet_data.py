@@ -7,6 +7,7 @@ import torch
 from data.annotations import FaceRecord
 from models.yunet.transforms import (FLIP_ORDER, PAD_VALUE, YuNetTrainDataset,
                                    build_yunet_dataset, random_square_crop, yunet_sample)
+from tests.common import noise_image_records
 
 # BGR marker colours of the five landmarks (left eye, right eye, nose, mouth left, mouth right)
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [255, 255, 255], [0, 255, 255], [255, 0, 255]],
@@ -186,14 +187,9 @@ def released_sample(img, boxes, points, labels, crop_choice, size, flip_ratio, r
 
 
 def _textured_records(folder, n=4):
-    rng = np.random.default_rng(7)
-    records = []
-    for i in range(n):
-        img = rng.integers(40, 256, (120, 160, 3), dtype=np.uint8)
-        cv2.imwrite(str(folder / f"t{i}.png"), img)
-        records.append(FaceRecord(str(folder / f"t{i}.png"), FACE * 0.5, POINTS * 0.5,
-                                  np.ones(1, np.int64), (160, 120)))
-    return records
+    return noise_image_records(folder, n, lambda rng: (FACE * 0.5, POINTS * 0.5,
+                                                       np.ones(1, np.int64), (160, 120)),
+                               seed=7, low=40, name="t{}.png")
 
 
 def test_lowlight_probability_zero_leaves_every_sample_as_before(tmp_path):
