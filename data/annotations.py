@@ -427,6 +427,12 @@ FORMATS: dict[str, Callable[..., list[FaceRecord]]] = {
 }
 
 
+def format_choices() -> tuple[str, ...]:
+    """What a ``--format`` flag or a FACE.*_FORMAT key may name: ``auto`` (sniffed) or a
+    registered format; every tool reads its choices from here."""
+    return ("auto", *FORMATS)
+
+
 # ---- format detection and the front door --------------------------------------------------------
 
 def detect_format(path) -> str:

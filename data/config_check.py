@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from data.annotations import format_choices
 from data.config import ConfigError
 
 # key -> what it must be; "> 0" / ">= 0" / "[0, 1]" / "[0, 1)" / "(0, 1]"
@@ -52,8 +53,8 @@ CHOICES = {
     "RUN.AMP": ("none", "bf16", "fp16"),
     "RUN.DDP_BACKEND": ("auto", "nccl", "gloo"),
     "SOLVER.OPTIMIZER": ("sgd", "adamw"),
-    "FACE.SRC_FORMAT": ("auto", "wider", "retinaface", "labelv2", "laboro"),
-    "FACE.VAL_FORMAT": ("auto", "wider", "retinaface", "labelv2", "laboro"),
+    "FACE.SRC_FORMAT": format_choices(),
+    "FACE.VAL_FORMAT": format_choices(),
     "RUN.EVAL_PROTOCOL": ("darkface", "wider", "both"),
     "RUN.EVAL_METRIC": ("val_ap", "val_ap_wider"),
     "AUG.lowlight_model": ("toy", "camera"),

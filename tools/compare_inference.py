@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
+from data.annotations import format_choices, read_annotations  # noqa: E402
 from data.image_folder import read_rgb  # noqa: E402
 from data.predictions import Outputs, list_images  # noqa: E402
 from utils.precision import add_precision_argument  # noqa: E402
@@ -381,7 +382,7 @@ def build_detector(spec: str, score: float, nms: float, enhancer: str | Path | N
 
 # ---- ground truth ------------------------------------------------------------------------------
 
-GT_FORMATS = ("darkface", "widerface_val", "auto", "wider", "retinaface", "labelv2", "laboro")
+GT_FORMATS = ("darkface", "widerface_val", *format_choices())
 
 
 def load_ground_truth(path: str | Path, fmt: str, image_ids: Sequence[str] | None = None,
@@ -399,7 +400,6 @@ def load_ground_truth(path: str | Path, fmt: str, image_ids: Sequence[str] | Non
     if fmt == "widerface_val":
         from evaluation.widerface import load_widerface_gt
         return load_widerface_gt(path)
-    from data.annotations import read_annotations     # lazily: optional for the other modes
     gt = {}
     for record in read_annotations(path, fmt, root):
         gt[Path(record.path).stem] = np.asarray(record.boxes, dtype=np.float64).reshape(-1, 4)
@@ -408,7 +408,6 @@ def load_ground_truth(path: str | Path, fmt: str, image_ids: Sequence[str] | Non
 
 def annotation_images(path: str | Path, fmt: str, root: str | Path | None = None) -> list[Path]:
     """The image paths an annotation file lists (for runs without ``--images``)."""
-    from data.annotations import read_annotations
     return [Path(r.path) for r in read_annotations(path, fmt, root)]
 
 

@@ -63,9 +63,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data import config as config_lib  # noqa: E402
-from data.annotations import detect_format  # noqa: E402
+from data.annotations import detect_format, format_choices, read_training_records  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from data.annotations import read_training_records  # noqa: E402
 from utils.files import resolve_path, write_text_atomic  # noqa: E402
 from engine.validation import validation_records  # noqa: E402
 from utils.checkpoint import checkpoint_steps, load_file  # noqa: E402
@@ -81,7 +80,7 @@ TOOL_KEYS = {
     "FACE.SRC_TRAIN_FILE": "--data", "FACE.SRC_FORMAT": "--format", "FACE.SRC_VAL_FILE": "--val",
     "FACE.VAL_FORMAT": "--val-format",
 }
-FORMATS = ("auto", "wider", "retinaface", "labelv2", "laboro")
+FORMATS = format_choices()
 SUMMARY = "fine_tune_summary"
 
 
