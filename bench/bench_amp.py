@@ -24,18 +24,16 @@ or an extra) counts against it. For the matched pairs the table gives the mean a
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.config import load_config                         # noqa: E402
-from models.registry import build_net                        # noqa: E402
-from models.inference import FaceDetector                   # noqa: E402
-from models.yunet.net import load_yunet_weights                 # noqa: E402
+from data.config import load_config
+from models.registry import build_net
+from models.inference import FaceDetector
+from models.yunet.net import load_yunet_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP_SCORE, MATCH_IOU = 0.5, 0.5

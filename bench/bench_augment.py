@@ -8,19 +8,14 @@ Prints images/s overall and for each crop branch (data-anchor-sampling / SSD squ
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from data.augmentations import train_preprocess  # noqa: E402
-from data.config import default_config  # noqa: E402
+from data.augmentations import train_preprocess
+from data.config import default_config
 
 WIDTH, HEIGHT, FACES = 1024, 768, 20
 

@@ -13,14 +13,11 @@ thread, about what an idle core would give).
 """
 import time
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
-from data import camera  # noqa: E402
+from bench.timing import timed
+from data import camera
 
 
 def main() -> None:

@@ -8,17 +8,14 @@ PNG writing are timed separately) and the estimated time for the 6,000 DARK FACE
 On a GPU the batch of ``--batch`` images goes through in one forward pass.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
-from lowlevel import classic as baselines              # noqa: E402
-from data.image_folder import encode_image                   # noqa: E402
-from lowlevel.enhancement import EnhanceNet, enhance_uint8     # noqa: E402
+from bench.timing import timed
+from lowlevel import classic as baselines
+from data.image_folder import encode_image
+from lowlevel.enhancement import EnhanceNet, enhance_uint8
 
 N_DARK_FACE = 6000
 

@@ -12,19 +12,18 @@ for loading the GT, reading the prediction files, matching + curves, and the tot
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from evaluation.darkface import (evaluate_darkface, evaluate_darkface_boxes,  # noqa: E402
+from evaluation.darkface import (evaluate_darkface, evaluate_darkface_boxes,
                                  load_darkface_gt, load_darkface_preds)
-from evaluation.widerface import (evaluate_widerface, evaluate_widerface_boxes,  # noqa: E402
+from evaluation.widerface import (evaluate_widerface, evaluate_widerface_boxes,
                                   load_widerface_gt, load_widerface_preds)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_WIDER_GT = Path(os.environ.get("HLA_SHARED_DATA", ROOT.parent / "shared" / "data")
                         ) / "widerface_val_gt"

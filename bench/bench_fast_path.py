@@ -37,14 +37,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from data.config import load_config                                  # noqa: E402
-from models.registry import build_net, get_entry                      # noqa: E402
-from models.inference import FaceDetector                            # noqa: E402
-from models.onnx_runner import onnx_runner                           # noqa: E402
-import real_weights                                                  # noqa: E402
-from timing import interleaved                                        # noqa: E402
+from data.config import load_config
+from models.registry import build_net, get_entry
+from models.inference import FaceDetector
+from models.onnx_runner import onnx_runner
+import real_weights
+from timing import interleaved
 
 
 def network(name: str, cfg, shared: Path):

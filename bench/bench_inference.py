@@ -9,18 +9,15 @@ threshold, so NMS gets the full NMS_TOP_K = 5000 candidates) and ``typical`` (a 
 candidates, as with a trained detector).
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
-from data.config import default_config                      # noqa: E402
-from models.dsfd.anchors import make_anchors, vgg_feature_sizes   # noqa: E402
-from models.dsfd.postprocess import postprocess                        # noqa: E402
-from models.dsfd.net import DSFD                             # noqa: E402
-from models.inference import FaceDetector                    # noqa: E402
+from bench.timing import timed
+from data.config import default_config
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.postprocess import postprocess
+from models.dsfd.net import DSFD
+from models.inference import FaceDetector
 
 
 def main(argv=None):

@@ -41,27 +41,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-from data.annotations import FaceRecord, read_annotations  # noqa: E402
-from data.config import load_config  # noqa: E402
-from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
-from models.onnx_deploy import (ImageCalibrationReader, qdq_counts,  # noqa: E402
+from data.annotations import FaceRecord, read_annotations
+from data.config import load_config
+from evaluation.darkface import evaluate_darkface_boxes
+from models.onnx_deploy import (ImageCalibrationReader, qdq_counts,
                                 quantize_int8)
-from models.onnx_runner import onnx_decoder, onnx_runner, session  # noqa: E402
+from models.onnx_runner import onnx_decoder, onnx_runner, session
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data"
 DLIB_FILES = ("training.xml", "testing.xml")

@@ -6,16 +6,13 @@ Faces have log-uniform sizes between 6 and 320 px (WIDER-like). Prints milliseco
 (median of ``--repeat``), for matching alone and for the whole loss.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
-from data.config import default_config                                     # noqa: E402
-from models.dsfd.anchors import make_anchors, vgg_feature_sizes                  # noqa: E402
-from models.dsfd.loss import MultiBoxLoss, match_anchors, pad_targets   # noqa: E402
+from bench.timing import timed
+from data.config import default_config
+from models.dsfd.anchors import make_anchors, vgg_feature_sizes
+from models.dsfd.loss import MultiBoxLoss, match_anchors, pad_targets
 
 
 def random_faces(n: int, size: int, gen: torch.Generator) -> torch.Tensor:

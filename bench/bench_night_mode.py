@@ -12,17 +12,16 @@ pre-processing, forward, decoding and NMS). CPU timings on a shared machine are 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from bench.timing import timed
+from lowlevel.enhancers import ENHANCE_CHOICES, build_enhancer, decide
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.timing import timed  # noqa: E402
-from lowlevel.enhancers import ENHANCE_CHOICES, build_enhancer, decide  # noqa: E402
 
 CPU = torch.device("cpu")
 

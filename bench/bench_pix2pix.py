@@ -8,16 +8,13 @@ The reference schedule is 200 epochs over the 6,000 E(L)_blur / E(L) pairs at ba
 typical WIDER image (1024 x ~700 pads to 1280 x 1536).
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
-from lowlevel.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,  # noqa: E402
+from bench.timing import timed
+from lowlevel.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,
                             set_test_mode)
-from engine.gan import pix2pix_step                           # noqa: E402
+from engine.gan import pix2pix_step
 
 REFERENCE_STEPS = 200 * 6000 // 8
 N_WIDER_TRAIN = 12880

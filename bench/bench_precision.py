@@ -34,15 +34,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_amp import match                                         # noqa: E402
-from timing import interleaved                                      # noqa: E402
-from data.config import load_config                                 # noqa: E402
-from models.registry import build_net                                # noqa: E402
-from models.inference import FaceDetector                           # noqa: E402
-from utils.precision import family_of, resolve_precision            # noqa: E402
-import real_weights                                                 # noqa: E402
+from bench_amp import match
+from timing import interleaved
+from data.config import load_config
+from models.registry import build_net
+from models.inference import FaceDetector
+from utils.precision import family_of, resolve_precision
+import real_weights
 
 KEEP = 0.5
 

@@ -9,7 +9,6 @@ Weights are random (BatchNorm in eval mode); speed does not depend on them. The 
 on a batch of 32 at 640x640 with 15 random faces per image (one image with 300).
 """
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,11 +16,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed                                   # noqa: E402
-from models.retinaface.loss import RetinaFaceLoss                # noqa: E402
-from models.retinaface.priors import detect_faces, prior_boxes   # noqa: E402
-from models.retinaface.net import RetinaFace, export_retinaface_onnx  # noqa: E402
+from bench.timing import timed
+from models.retinaface.loss import RetinaFaceLoss
+from models.retinaface.priors import detect_faces, prior_boxes
+from models.retinaface.net import RetinaFace, export_retinaface_onnx
 
 CPU = torch.device("cpu")
 

@@ -9,19 +9,16 @@ the union it produced. Random weights with a face-class bias stand in for a trai
 (so voting sees thousands of boxes, as with a real one).
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.config import default_config                                      # noqa: E402
-from layers.box_voting import box_vote                                       # noqa: E402
-from models.dsfd.net import DSFD                                             # noqa: E402
-from models.inference import FaceDetector                                    # noqa: E402
-from models.test_time import Pass, TestTimeDetector, reference_passes       # noqa: E402
+from data.config import default_config
+from layers.box_voting import box_vote
+from models.dsfd.net import DSFD
+from models.inference import FaceDetector
+from models.test_time import Pass, TestTimeDetector, reference_passes
 
 
 def main(argv=None):

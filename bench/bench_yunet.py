@@ -23,7 +23,6 @@ run.
 """
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.yunet.postprocess import YuNetPostprocess                    # noqa: E402
-from models.interface import InputSpec                                   # noqa: E402
-from models.yunet.net import (YuNet, export_yunet_onnx, fuse_batchnorm,   # noqa: E402
+from models.yunet.postprocess import YuNetPostprocess
+from models.interface import InputSpec
+from models.yunet.net import (YuNet, export_yunet_onnx, fuse_batchnorm,
                           load_yunet_weights)
 
 ROOT = Path(__file__).resolve().parents[1]

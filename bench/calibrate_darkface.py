@@ -15,14 +15,13 @@ percentiles.
 import argparse
 import ast
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from data import camera
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data import camera  # noqa: E402
 
 SHARED = Path(os.environ.get("HLA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

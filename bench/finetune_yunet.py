@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.bench_amp import match, real_photos
+from data.config import load_config
+from models.registry import build_net
+from models.inference import FaceDetector, load_net
+from models.yunet.net import load_yunet_weights
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.bench_amp import match, real_photos              # noqa: E402
-from data.config import load_config                         # noqa: E402
-from models.registry import build_net                        # noqa: E402
-from models.inference import FaceDetector, load_net         # noqa: E402
-from models.yunet.net import load_yunet_weights                 # noqa: E402
 
 KEEP = 0.5
 

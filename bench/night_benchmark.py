@@ -46,16 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+
+import cv2
+import numpy as np
+
+from data import camera
+from data.annotations import FaceRecord, read_annotations, write_annotations
+from evaluation.darkface import evaluate_darkface_boxes
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python bench/night_benchmark.py`
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from data import camera  # noqa: E402
-from data.annotations import FaceRecord, read_annotations, write_annotations  # noqa: E402
-from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DLIB_FILES = ("training.xml", "testing.xml")

@@ -19,7 +19,6 @@ auto rule's decision statistics per level.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,13 @@ import cv2
 import numpy as np
 import torch
 
+from data.config import load_config
+from data.real_photos import load_real_photo
+from evaluation.darkface import evaluate_darkface_boxes
+from lowlevel.enhancers import build_enhancer, decide, luma
+from models.inference import build_face_detector
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data.config import load_config  # noqa: E402
-from data.real_photos import load_real_photo  # noqa: E402
-from evaluation.darkface import evaluate_darkface_boxes  # noqa: E402
-from lowlevel.enhancers import build_enhancer, decide, luma  # noqa: E402
-from models.inference import build_face_detector  # noqa: E402
 
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
 SCENE_SIZE = (480, 640)
