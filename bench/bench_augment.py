@@ -13,7 +13,6 @@ import time
 import numpy as np
 from PIL import Image
 
-
 from data.augmentations import train_preprocess
 from data.config import default_config
 

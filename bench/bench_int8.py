@@ -47,7 +47,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 import cv2
 import numpy as np
 import torch

@@ -35,36 +35,33 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/adapt_to_night.py`
-    sys.path.insert(0, str(ROOT))
+import torch
+from torch.nn.parallel import DistributedDataParallel
 
-import torch  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from adapt.pseudo.night import (SCORE_KEY, STUDENT_INPUTS, FrameSet,  # noqa: E402
+from adapt.pseudo.night import (SCORE_KEY, STUDENT_INPUTS, FrameSet,
                                 NightTeacher, collect_frames, holdout_metrics, label_frames,
                                 round_labels, student_view)
-from adapt.pseudo.night_report import example_image, write_report  # noqa: E402
-from adapt.pseudo.night_student import (build_loaders, enhanced_records,  # noqa: E402
+from adapt.pseudo.night_report import example_image, write_report
+from adapt.pseudo.night_student import (build_loaders, enhanced_records,
                                         labelled_records, next_batch, night_records,
                                         synth_records)
-from data import config as config_lib  # noqa: E402
-from data.config import ConfigError  # noqa: E402
-from data.media import source_kind  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
-from adapt.pseudo.ema import ModelEMA, unwrap  # noqa: E402
-from models.registry import get_entry  # noqa: E402
-from models.inference import FaceDetector, autocast, load_net  # noqa: E402
-from utils import dist  # noqa: E402
-from engine import run as engine  # noqa: E402
-from utils.checkpoint import load_file  # noqa: E402
-from utils.logger import setup_logging  # noqa: E402
-from utils.schedule import ReferenceSchedule  # noqa: E402
+from data import config as config_lib
+from data.config import ConfigError
+from data.media import source_kind
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
+from adapt.pseudo.ema import ModelEMA, unwrap
+from models.registry import get_entry
+from models.inference import FaceDetector, autocast, load_net
+from utils import dist
+from engine import run as engine
+from utils.checkpoint import load_file
+from utils.logger import setup_logging
+from utils.schedule import ReferenceSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("adapt_to_night")
 PRESET = ROOT / "configs" / "adapt_to_night.yaml"

@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from collections import Counter
@@ -44,22 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from data import config as config_lib
+from data.annotations import format_choices, read_annotations
+from data.image_folder import read_rgb
+from data.predictions import Outputs, list_images
+from utils.precision import add_precision_argument
 
-from data import config as config_lib  # noqa: E402
-from data.annotations import format_choices, read_annotations  # noqa: E402
-from data.image_folder import read_rgb  # noqa: E402
-from data.predictions import Outputs, list_images  # noqa: E402
-from utils.precision import add_precision_argument  # noqa: E402
-
-from lowlevel.enhancers import ENHANCE_CHOICES as ENHANCERS  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer  # noqa: E402
+from lowlevel.enhancers import ENHANCE_CHOICES as ENHANCERS
+from lowlevel.enhancers import add_enhance_argument, build_enhancer
 PEER_REQUIREMENTS = "pip install --no-deps -r requirements-peers.txt"
 DARKFACE_SETTING = "darkface"        # the DARK FACE protocol (IoU 0.5, every face counts)
 FLOPS_SIZE = 320                     # FLOPs are counted for a 320 x 320 input

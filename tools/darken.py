@@ -18,16 +18,12 @@ import ast
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/darken.py`
-    sys.path.insert(0, str(ROOT))
+import cv2
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data import camera  # noqa: E402
-from data.image_folder import IMAGE_EXTENSIONS, list_image_files, mirror_pairs  # noqa: E402
-from utils.files import write_bytes_atomic  # noqa: E402
+from data import camera
+from data.image_folder import IMAGE_EXTENSIONS, list_image_files, mirror_pairs
+from utils.files import write_bytes_atomic
 
 
 def parse_sets(items: list[str], preset: str) -> tuple[str, dict]:

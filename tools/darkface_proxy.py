@@ -24,17 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from data import config as config_lib
+from data.image_folder import read_rgb
+from data.darkface import held_out_ids
+from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv
+from evaluation.darkface import evaluate_darkface
+from evaluation.official_curves import darkface_curves
+from models.test_time import reference_passes
 
-from data import config as config_lib  # noqa: E402
-from data.image_folder import read_rgb  # noqa: E402
-from data.darkface import held_out_ids  # noqa: E402
-from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv  # noqa: E402
-from evaluation.darkface import evaluate_darkface  # noqa: E402
-from evaluation.official_curves import darkface_curves  # noqa: E402
-from models.test_time import reference_passes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sha1(path: Path) -> str:

@@ -70,20 +70,17 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tools import demo_real  # noqa: E402
-from utils.stages import (Stage, is_done, keyed_dir, last_cpu, mark_done,  # noqa: E402
+from tools import demo_real
+from utils.stages import (Stage, is_done, keyed_dir, last_cpu, mark_done,
                           process_cpu, python, run_process, run_stages, stage_table)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZE = 256          # DSFD training images are resized to SIZE x SIZE
 WIDTH = 0.125       # DSFD channel multiplier

@@ -38,30 +38,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from data.config_check import validate  # noqa: E402
-from data.image_folder import write_image_atomic  # noqa: E402
-from data.media import FrameStats, iter_frames, probe  # noqa: E402
-from data.predictions import format_detections, format_wider  # noqa: E402
-from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config  # noqa: E402
-from models.inference import FaceDetector, load_net  # noqa: E402
-from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
-from utils import dist  # noqa: E402
-from utils.precision import (add_precision_argument, apply_precision, family_of,  # noqa: E402
+from data import config as config_lib
+from data.config_check import validate
+from data.image_folder import write_image_atomic
+from data.media import FrameStats, iter_frames, probe
+from data.predictions import format_detections, format_wider
+from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
+from models.inference import FaceDetector, load_net
+from models.test_time import Pass, TestTimeDetector, reference_passes
+from utils import dist
+from utils.precision import (add_precision_argument, apply_precision, family_of,
                              resolve_precision)
-from utils.visualize import draw_detections  # noqa: E402
+from utils.visualize import draw_detections
 
 log = logging.getLogger("detect")
 FORMATS = ("jsonl", "darkface", "wider")

@@ -58,17 +58,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from data import config as config_lib
+from data.annotations import detect_format, format_choices, read_training_records
+from data.config_check import validate
+from utils.files import resolve_path, write_text_atomic
+from engine.validation import validation_records
+from utils.checkpoint import checkpoint_steps, load_file
+from engine.run import BEST_FILE, RESUME_KEYS
 
-from data import config as config_lib  # noqa: E402
-from data.annotations import detect_format, format_choices, read_training_records  # noqa: E402
-from data.config_check import validate  # noqa: E402
-from utils.files import resolve_path, write_text_atomic  # noqa: E402
-from engine.validation import validation_records  # noqa: E402
-from utils.checkpoint import checkpoint_steps, load_file  # noqa: E402
-from engine.run import BEST_FILE, RESUME_KEYS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("fine_tune")
 

@@ -68,16 +68,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
+from PIL import Image
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from data.lowlight import DEFAULT_PARAMS as LOW_LIGHT_PARAMS  # noqa: E402
-from data.lowlight import simulate_low_light  # noqa: E402
+from data.lowlight import DEFAULT_PARAMS as LOW_LIGHT_PARAMS
+from data.lowlight import simulate_low_light
 
 Box = Tuple[int, int, int, int]  # x, y, w, h
 

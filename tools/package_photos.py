@@ -11,15 +11,10 @@ channels. Existing files are kept (the content is fixed).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/package_photos.py`
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
 # name -> (package, what): skimage.data functions, or a matplotlib sample-data file
 PHOTOS = {

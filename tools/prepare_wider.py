@@ -29,9 +29,6 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/prepare_wider.py`
-    sys.path.insert(0, str(ROOT))
 
 logger = logging.getLogger("prepare_wider")
 
