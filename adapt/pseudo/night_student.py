@@ -29,7 +29,6 @@ repeats its records to fill one.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -40,7 +39,8 @@ from torch import Tensor
 
 from data.annotations import FaceRecord, read_annotations
 from models.registry import build_train_dataset
-from adapt.pseudo.labels import POSITIVE, PseudoRecord, pseudo_label_loader, to_face_record
+from adapt.pseudo.labels import POSITIVE, PseudoRecord, pseudo_label_loader
+from adapt.pseudo.student import face_records, label_counts, weak_config
 from data.ssl_datasets import stream_seed
 from adapt.pseudo.strong_view import (StrongAugParams, from_pixels, sample_generators, strong_augment,
                              to_pixels)
@@ -52,9 +52,8 @@ PARTS = ("night", "synth", "labelled")
 
 def night_records(records: list[PseudoRecord], high: float, low: float) -> list[FaceRecord]:
     """The frames' labels as training records: faces and ignore regions; frames without any
-    box at or above ``low`` dropped."""
-    faces = [to_face_record(r, high, low) for r in records]
-    return [f for f in faces if len(f.boxes)]
+    box at or above ``low`` dropped (:func:`adapt.pseudo.student.face_records`)."""
+    return face_records(records, high, low)
 
 
 def synth_records(records: list[PseudoRecord], night_paths: dict[str, str], high: float,
@@ -121,8 +120,7 @@ class NightLoaders:
 def build_loaders(cfg, round_: int, parts: dict[str, list[FaceRecord]], rank: int, world: int,
                   pin: bool = False) -> NightLoaders:
     """A :class:`NightLoaders` for ``parts`` (name -> records) with the batches of the config."""
-    weak = copy.deepcopy(cfg)
-    weak.AUG.lowlight_prob = 0.0
+    weak = weak_config(cfg)
     sizes = {"night": cfg.PSEUDO.BATCH_SIZE, "synth": cfg.ADAPT.SYNTH_BATCH_SIZE,
              "labelled": cfg.ADAPT.LABELLED_BATCH_SIZE if cfg.ADAPT.LABELLED else 0}
     out = NightLoaders(round_)
@@ -218,8 +216,6 @@ def next_batch(loaders: NightLoaders, cfg, spec, step: int, rank: int, device,
         images.append(strong_view(name, weak, cfg, spec, step, rank * len(weak), enhancer))
         targets += part_targets
         skipped += part_skipped
-        labels = torch.cat([t[:, 4] for t in part_targets]) if part_targets else torch.zeros(0)
-        counts[f"{name}_faces"] = float((labels == 1).sum()) / max(len(part_targets), 1)
-        counts[f"{name}_ignored"] = float((labels == -1).sum()) / max(len(part_targets), 1)
+        counts.update(label_counts(part_targets, name))
     batch = torch.cat(images).contiguous(memory_format=memory_format)
     return batch, targets, counts, skipped
