@@ -36,15 +36,15 @@ import sys
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from models.registry import build_net, ssl_input_is_bgr
-from adapt.hla.trainer import HLATrainer, trainer_state_dict
+from adapt.hla.trainer import HLATrainer
 from models.inference import autocast
 from adapt.hla.sources import build_ssl_loaders, next_ssl_batches
 from adapt.hla.tasks import build_tasks, check_moco_batch, tagged_run_name
 from utils import dist
 from engine import run as engine
+from engine import step
 from utils.checkpoint import init_detector
 from utils.logger import setup_logging
 
@@ -87,46 +87,23 @@ def build_trainer(cfg, resume) -> HLATrainer:
     return trainer
 
 
-def checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders) -> dict:
-    return {"model": trainer.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "ssl_loaders": {name: loader.state_dict() for name, loader in ssl_loaders.items()}}
-
-
-def restore_checkpoint(ckpt, trainer, optimizer, scheduler, scaler, cfg) -> engine.Progress:
-    trainer.load_state_dict(trainer_state_dict(ckpt))
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    engine.apply_optimizer_config(optimizer, scheduler, lr=cfg.SSL.PRETRAIN_LR)
-    scaler.load_state_dict(ckpt["scaler"])
-    log.info("resumed at step %d", ckpt["step"])
-    return engine.restore(ckpt)
-
-
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging()
-    run_dir = None
-    try:
-        cfg, resume, run_dir = engine.resolve_run(args, run_name)
-        if engine.nothing_to_do(cfg.SSL.PRETRAIN_ITERS, "SSL.PRETRAIN_ITERS"):
-            return 0
-        device = dist.pick_device(cfg.RUN.DEVICE)
-        dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
-        return pretrain(cfg, resume, run_dir, device, args.overwrite)
-    except engine.RunError as exc:
-        return engine.report_failure(exc, run_dir)
-    finally:
-        dist.cleanup()
+    return step.run_main(args, run_name, pretrain)
 
 
-def pretrain(cfg, resume, run_dir, device: torch.device, overwrite: bool = False) -> int:
+def pretrain(args, cfg, resume, run_dir) -> int:
+    if engine.nothing_to_do(cfg.SSL.PRETRAIN_ITERS, "SSL.PRETRAIN_ITERS"):
+        return 0
+    device = dist.pick_device(cfg.RUN.DEVICE)
+    dist.init_distributed(device, cfg.RUN.DDP_BACKEND)
     world, batch = dist.world_size(), cfg.SSL.PRETRAIN_BATCH_SIZE
     if batch % world:
         raise ValueError(f"config key SSL.PRETRAIN_BATCH_SIZE={batch} must be divisible by the "
                          f"number of processes ({world})")
     check_moco_batch(cfg, build_tasks(cfg), batch, "SSL.PRETRAIN_BATCH_SIZE")
-    with engine.Run(run_dir, cfg, resume, device, overwrite) as run:
+    with engine.Run(run_dir, cfg, resume, device, args.overwrite) as run:
         log.info("run folder %s; %d process(es) on %s; batch %d per process", run_dir, world,
                  device, batch // world)
         return pretrain_loop(cfg, resume, run, device, batch)
@@ -134,29 +111,27 @@ def pretrain(cfg, resume, run_dir, device: torch.device, overwrite: bool = False
 
 def pretrain_loop(cfg, resume, run: engine.Run, device, batch: int) -> int:
     torch.manual_seed(cfg.RUN.SEED)
-    memory_format = torch.channels_last if cfg.RUN.CHANNELS_LAST else torch.contiguous_format
+    memory_format = step.memory_format(cfg)
     trainer = build_trainer(cfg, resume).to(device, memory_format=memory_format)
-    named_params = [(n, p) for n, p in trainer.named_parameters() if p.requires_grad]
-    params = [p for _, p in named_params]                           # the heads only
-    optimizer = torch.optim.Adam(params, lr=cfg.SSL.PRETRAIN_LR)
+    named_params = step.trainable(trainer)                            # the heads only
+    optimizer = torch.optim.Adam([p for _, p in named_params], lr=cfg.SSL.PRETRAIN_LR)
     halve = cfg.SSL.PRETRAIN_LR_HALVE_EVERY
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** (s // halve))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.RUN.AMP == "fp16")
+    scaler = step.grad_scaler(cfg, device)
     progress = engine.Progress()
     if resume is not None:
-        progress = restore_checkpoint(resume.checkpoint, trainer, optimizer, scheduler, scaler,
-                                      cfg)
-    net = DistributedDataParallel(trainer, broadcast_buffers=False) if dist.is_distributed() \
-        else trainer
+        progress = step.restore_state(resume.checkpoint, trainer, optimizer, scheduler, scaler,
+                                      lr=cfg.SSL.PRETRAIN_LR)
+        log.info("resumed at step %d", progress.step)
+    net = step.wrap_ddp(trainer)
     ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, batch, dist.rank(), dist.world_size(),
                                     pin_memory=device.type == "cuda")
     if resume is not None:
         engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))
     weights, total = trainer.loss_weights, cfg.SSL.PRETRAIN_ITERS
-
-    meters = run.metrics(total)
-    stop = engine.StopRequest()
-    state = lambda: checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders)  # noqa
+    meters, stop = run.metrics(total), engine.StopRequest()
+    state = lambda: step.checkpoint_state(trainer, optimizer, scheduler, scaler,  # noqa: E731
+                                          ssl_loaders)
     net.train()
     if trainer.net.has_batchnorm:
         # the detector is frozen: its BatchNorm statistics must not drift on the task images
@@ -171,25 +146,18 @@ def pretrain_loop(cfg, resume, run: engine.Run, device, batch: int) -> int:
             loss = sum(weights[k] * v for k, v in loss_dict.items())
             stopping = engine.check_loss(progress.step + 1, loss, loss_dict, device, stop)
 
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if not scaler.is_enabled():
-                engine.check_gradients(progress.step + 1, named_params, loss_dict)
-            scaler.step(optimizer)
-            scaler.update()
+            step.backward_step(progress.step + 1, loss, loss_dict, optimizer, scaler,
+                               named_params)
             scheduler.step()
             progress.step += 1
             progress.skipped += skipped
 
-            meters.update(loss=loss.detach(), **{k: v.detach() for k, v in loss_dict.items()},
-                          data_time=data_time)
+            step.record(meters, loss, loss_dict, data_time=data_time)
             last = progress.step == total
             run.log_step(progress.step, last, lr=optimizer.param_groups[0]["lr"],
                          skipped_images=progress.skipped)
-            if progress.step % cfg.SSL.PRETRAIN_SAVE_EVERY == 0 or last or stopping:
-                run.save_checkpoint(progress, state, reason=stop.requested)
-            if stopping:
-                log.warning("stopped at step %d; resume with --resume auto", progress.step)
+            due = progress.step % cfg.SSL.PRETRAIN_SAVE_EVERY == 0 or last
+            if step.checkpoint_or_stop(run, progress, state, stop, stopping, due, log):
                 return 0
         log.info("done: %d steps; cut the heads out with: python transfer_headers.py %s",
                  progress.step, run.dir / f"ckpt_{progress.step}.pth")

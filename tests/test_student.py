@@ -15,11 +15,13 @@ import train
 from data.config import ConfigError, load_config
 from data.config_check import validate
 from adapt.pseudo.labels import PseudoRecord, detections_to_targets, write_pseudo_labels
+from adapt.pseudo.student import Student
 from adapt.pseudo.strong_view import StrongAugParams, sample_generators, strong_augment
 from data.widerface import parse_list_file
 from models.dsfd.net import DSFD
-from tests.helpers import make_tiny_wider, run_script, tiny_train_overrides
+from tests.helpers import make_tiny_wider, tiny_train_overrides
 from tests.ssl_helpers import make_ssl_data, ssl_overrides
+from tests.test_train import ddp_and_single
 from utils.checkpoint import load_file
 
 DET = ("loc_pal1", "conf_pal1", "loc_pal2", "conf_pal2")
@@ -81,7 +83,7 @@ def test_two_step_student_with_ignore_band_weights_the_pl_terms(data, tmp_path):
 def test_ema_teacher_refreshes_the_labels_and_is_saved(data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     calls = []
-    original = train.Student.teacher_targets
+    original = Student.teacher_targets
 
     def counted(self, weak):
         targets = original(self, weak)
@@ -89,7 +91,7 @@ def test_ema_teacher_refreshes_the_labels_and_is_saved(data, tmp_path, monkeypat
         assert all(((t[:, 4] == 1) | (t[:, 4] == -1)).all() for t in targets)
         return targets
 
-    monkeypatch.setattr(train.Student, "teacher_targets", counted)
+    monkeypatch.setattr(Student, "teacher_targets", counted)
     assert train.main(student_overrides(data, tmp_path, **{
         "EMA.ENABLE": True, "EMA.DECAY": 0.5, "EMA.REFRESH": True, "EMA.REFRESH_AFTER": 1,
         "SOLVER.MAX_STEPS": 3})) == 0
@@ -119,22 +121,26 @@ def test_hla_task_in_the_same_run(data, tmp_path):
     assert {"jig_33_trg", } <= set(ckpt["ssl_loaders"]) and "pseudo_loader" in ckpt
 
 
+def straight_and_resumed(args_of, out, steps: int):
+    """``ckpt_<steps>.pth`` of a run in one go (``out/straight``) and of the same run stopped
+    after step 2, then resumed (``out/resumed``); ``args_of(**run)``: the overrides with
+    ``run``'s SOLVER.MAX_STEPS and RUN.NAME."""
+    assert train.main(args_of(**{"SOLVER.MAX_STEPS": steps, "RUN.NAME": "straight"})) == 0
+    assert train.main(args_of(**{"SOLVER.MAX_STEPS": 2, "RUN.NAME": "resumed"})) == 0
+    assert train.main(["--resume", str(out / "resumed" / "ckpt_2.pth"),
+                       f"SOLVER.MAX_STEPS={steps}"]) == 0
+    return (load_file(out / "straight" / f"ckpt_{steps}.pth"),
+            load_file(out / "resumed" / f"ckpt_{steps}.pth"))
+
+
 def test_student_resume_is_exact(data, tmp_path):
     """EMA with refresh from step 2, the strong view with extra low light; 6 target images
     in batches of 2: the pseudo loader wraps into its second epoch before the end."""
     torch.set_num_threads(1)
     common = {"EMA.ENABLE": True, "EMA.DECAY": 0.5, "EMA.REFRESH": True,
               "EMA.REFRESH_AFTER": 2, "PSEUDO.STRONG_LOWLIGHT_PROB": 0.5, "RUN.CKPT_EVERY": 2}
-    assert train.main(student_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 5,
-                                                           "RUN.NAME": "straight"},
-                                        **common)) == 0
-    assert train.main(student_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 2,
-                                                           "RUN.NAME": "resumed"},
-                                        **common)) == 0
-    assert train.main(["--resume", str(tmp_path / "resumed" / "ckpt_2.pth"),
-                       "SOLVER.MAX_STEPS=5"]) == 0
-    a = load_file(tmp_path / "straight" / "ckpt_5.pth")
-    b = load_file(tmp_path / "resumed" / "ckpt_5.pth")
+    a, b = straight_and_resumed(lambda **run: student_overrides(data, tmp_path, **run, **common),
+                                tmp_path, 5)
     assert a["pseudo_loader"] == b["pseudo_loader"] == {"epoch": 1, "batches": 2}
     assert int(a["ema"]["updates"]) == int(b["ema"]["updates"]) == 5
     for k, v in a["model"].items():
@@ -153,16 +159,8 @@ def test_teacher_run_with_low_light_copies_resumes_exactly(data, tmp_path):
     torch.set_num_threads(1)
     common = {"AUG.lowlight_prob": 0.5, "RUN.CKPT_EVERY": 2,
               "FACE.SRC_TRAIN_FILE": str(data / "src" / "list.txt"), "FACE.DATA_ROOT": str(data)}
-    assert train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 4,
-                                                              "RUN.NAME": "straight"},
-                                           **common)) == 0
-    assert train.main(tiny_train_overrides(data, tmp_path, **{"SOLVER.MAX_STEPS": 2,
-                                                              "RUN.NAME": "resumed"},
-                                           **common)) == 0
-    assert train.main(["--resume", str(tmp_path / "resumed" / "ckpt_2.pth"),
-                       "SOLVER.MAX_STEPS=4"]) == 0
-    a = load_file(tmp_path / "straight" / "ckpt_4.pth")
-    b = load_file(tmp_path / "resumed" / "ckpt_4.pth")
+    a, b = straight_and_resumed(lambda **run: tiny_train_overrides(data, tmp_path, **run,
+                                                                   **common), tmp_path, 4)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 
@@ -184,15 +182,8 @@ def test_retinaface_student_with_ema_refresh(data, tmp_path):
 def test_two_gloo_ranks_equal_one_process(data, tmp_path):
     common = {"SOLVER.BATCH_SIZE": 4, "PSEUDO.BATCH_SIZE": 4, "EMA.ENABLE": True,
               "PSEUDO.STRONG_LOWLIGHT_PROB": 0.5}
-    res = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                      "train.py", *student_overrides(data, tmp_path, **{"RUN.NAME": "ddp"},
-                                                     **common)], timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    res = run_script(["train.py", *student_overrides(data, tmp_path, **{"RUN.NAME": "single"},
-                                                     **common)])
-    assert res.returncode == 0, res.stderr[-3000:]
-    ddp = load_file(tmp_path / "ddp" / "ckpt_2.pth")
-    single = load_file(tmp_path / "single" / "ckpt_2.pth")
+    ddp, single = ddp_and_single(lambda name: student_overrides(
+        data, tmp_path, **{"RUN.NAME": name}, **common), tmp_path)
     for k, v in single["model"].items():
         assert torch.allclose(ddp["model"][k], v, rtol=1e-4, atol=1e-6), k
     for k, v in single["ema"]["module"].items():

@@ -102,18 +102,22 @@ def test_sigterm_checkpoints_and_run_resumes(data, tmp_path):
     assert load_file(tmp_path / "run" / f"ckpt_{step + 1}.pth")["step"] == step + 1
 
 
-def test_ddp_two_gloo_processes_equal_one_process(data, tmp_path):
-    common = {"SOLVER.BATCH_SIZE": 4, "SOLVER.MAX_STEPS": 2}
+def ddp_and_single(args_of, out):
+    """``ckpt_2.pth`` of train.py under torchrun with two gloo processes and of the same run in
+    one process; ``args_of(name)``: the overrides of the run named ``name`` (under ``out``)."""
     res = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                      "train.py", *tiny_train_overrides(data, tmp_path, **{"RUN.NAME": "ddp"},
-                                                        **common)], timeout=600)
+                      "train.py", *args_of("ddp")], timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     # one thread per process in both runs, so the float reductions run in the same order
-    res = run_script(["train.py", *tiny_train_overrides(data, tmp_path, **{"RUN.NAME": "single"},
-                                                        **common)])
+    res = run_script(["train.py", *args_of("single")])
     assert res.returncode == 0, res.stderr[-3000:]
-    ddp = load_file(tmp_path / "ddp" / "ckpt_2.pth")
-    single = load_file(tmp_path / "single" / "ckpt_2.pth")
+    return load_file(out / "ddp" / "ckpt_2.pth"), load_file(out / "single" / "ckpt_2.pth")
+
+
+def test_ddp_two_gloo_processes_equal_one_process(data, tmp_path):
+    common = {"SOLVER.BATCH_SIZE": 4, "SOLVER.MAX_STEPS": 2}
+    ddp, single = ddp_and_single(lambda name: tiny_train_overrides(
+        data, tmp_path, **{"RUN.NAME": name}, **common), tmp_path)
     for k, v in single["model"].items():
         assert torch.allclose(ddp["model"][k], v, rtol=1e-4, atol=1e-6), k
     assert ddp["step"] == single["step"] == 2
