@@ -199,9 +199,9 @@ def build_parts(cfg, resume, device, local_batch: int, world: int,
         log.info("resumed at step %d", progress.step)
     net = step.wrap_ddp(trainer)
     pin = device.type == "cuda"
-    dataset = build_train_dataset(cfg, require_file(cfg.FACE.SRC_TRAIN_FILE, "FACE.SRC_TRAIN_FILE"),
-                                  cfg.FACE.DATA_ROOT, cfg.RUN.SEED)
-    loader, sampler = build_detection_loader(cfg, dataset, local_batch, rank, world, pin_memory=pin)
+    list_file = require_file(cfg.FACE.SRC_TRAIN_FILE, "FACE.SRC_TRAIN_FILE")
+    dataset = build_train_dataset(cfg, list_file, cfg.FACE.DATA_ROOT, cfg.RUN.SEED)
+    loader, sampler = build_detection_loader(cfg, dataset, local_batch, rank, world, pin)
     ssl_loaders = build_ssl_loaders(trainer.tasks, cfg, cfg.SSL.BATCH_SIZE, rank, world, pin)
     if resume is not None:
         engine.restore_loaders(ssl_loaders, resume.checkpoint.get("ssl_loaders", {}))

@@ -13,7 +13,7 @@ import torch
 
 from bench.timing import timed
 from lowlevel.pix2pix import (PatchDiscriminator, UnetGenerator, init_weights,
-                            set_test_mode)
+                              set_test_mode)
 from engine.gan import pix2pix_step
 
 REFERENCE_STEPS = 200 * 6000 // 8

@@ -33,7 +33,7 @@ import torch
 from models.yunet.postprocess import YuNetPostprocess
 from models.interface import InputSpec
 from models.yunet.net import (YuNet, export_yunet_onnx, fuse_batchnorm,
-                          load_yunet_weights)
+                              load_yunet_weights)
 
 ROOT = Path(__file__).resolve().parents[1]
 

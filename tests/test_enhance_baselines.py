@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lowlevel.classic import (clahe, gamma_correct, lime, lime_weights,
-                                    refine_illumination)
+                              refine_illumination)
 from tools import enhance_images
 
 

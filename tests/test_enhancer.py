@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from lowlevel.losses import (EnhanceLoss, color_constancy_map, exposure_loss,
-                                   spatial_consistency_map, tv_loss)
+                             spatial_consistency_map, tv_loss)
 from lowlevel.enhancement import (RECEPTIVE_RADIUS, EnhanceNet, _enhance_tiled, enhance_uint8,
-                                load_enhancer, quantize, to_unit)
+                                  load_enhancer, quantize, to_unit)
 from tools import enhance_images, train_enhancer
 from utils.checkpoint import load_file
 

@@ -6,7 +6,7 @@ import torch
 from models.dsfd.anchors import make_anchors, vgg_feature_sizes
 from layers.box_utils import center_to_corners
 from models.dsfd.loss import (IGNORE_LABEL, MultiBoxLoss, ProgressiveAnchorLoss,
-                                  match_anchors, pad_targets)
+                              match_anchors, pad_targets)
 from data.config import default_config
 from models.dsfd.net import DSFDOutput
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from lowlevel.noise import (PairedCrops, add_mono_gaussian_noise, blur, crop_back,
-                                  from_generator_output, pad_amounts, pad_image, padded_size,
-                                  to_generator_input)
+                            from_generator_output, pad_amounts, pad_image, padded_size,
+                            to_generator_input)
 from lowlevel.pix2pix import UnetGenerator
 from tools import blur_images, synthesize_noise
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from lowlevel.pix2pix import (PatchDiscriminator, UnetGenerator, generator_state_dict,
-                            generator_width, init_weights, set_test_mode)
+                              generator_width, init_weights, set_test_mode)
 from tools import train_noise
 from utils.checkpoint import load_file
 

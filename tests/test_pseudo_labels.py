@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from adapt.pseudo.labels import (IGNORE, MAGIC, POSITIVE, PseudoLabelError, PseudoRecord,
-                                format_pseudo_labels, merge_pseudo_labels, read_pseudo_labels,
-                                relative_image_path, to_face_record, to_targets,
-                                write_pseudo_labels)
+                                 format_pseudo_labels, merge_pseudo_labels, read_pseudo_labels,
+                                 relative_image_path, to_face_record, to_targets,
+                                 write_pseudo_labels)
 from tests.common import assert_read_fails
 
 

@@ -43,7 +43,7 @@ from adapt.pseudo.labels import POSITIVE, PseudoRecord, pseudo_label_loader
 from adapt.pseudo.student import face_records, label_counts, weak_config
 from data.ssl_datasets import stream_seed
 from adapt.pseudo.strong_view import (StrongAugParams, from_pixels, sample_generators, strong_augment,
-                             to_pixels)
+                                      to_pixels)
 
 log = logging.getLogger(__name__)
 
