@@ -4,8 +4,9 @@ A detector family is one folder ``models/<family>/`` whose network implements
 :class:`DetectorNet` (its state_dict keys stay the released checkpoints' keys, so the interface
 is methods and plain attributes, never extra sub-modules) and whose ``entry.py`` returns a
 :class:`DetectorEntry`, plus one line in ``models/registry.py`` and one preset file
-``configs/models/<name>.yaml`` (docs/DETECTORS.md walks through it). Everything else (train.py, test.py, the self-supervised heads,
-MoCo, ONNX export, the demo) talks to detectors only through these two types.
+``configs/models/<name>.yaml`` (docs/DETECTORS.md walks through it). Everything else (train.py,
+test.py, the self-supervised heads, MoCo, ONNX export, the demo) talks to detectors only through
+these two types.
 
 Conventions shared by all detectors:
 

@@ -23,8 +23,8 @@ and then a photometric strong view, so the weak view's boxes stay the targets:
   probability ``ADAPT.LABELLED_DARKEN_PROB``, else the photometric strong view.
 
 Every random draw of a view comes from generators seeded by ``(RUN.SEED, step, position in the
-global batch, part)`` (``adapt.pseudo.strong_view.sample_generators``): a resumed run is exact and N DDP
-processes draw what one process draws. A part whose image set is smaller than its global batch
+global batch, part)`` (``adapt.pseudo.strong_view.sample_generators``): a resumed run is exact
+and N DDP processes draw what one process draws. A part whose image set is smaller than its global batch
 repeats its records to fill one.
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ from models.registry import build_train_dataset
 from adapt.pseudo.labels import POSITIVE, PseudoRecord, pseudo_label_loader
 from adapt.pseudo.student import face_records, label_counts, weak_config
 from data.ssl_datasets import stream_seed
-from adapt.pseudo.strong_view import (StrongAugParams, from_pixels, sample_generators, strong_augment,
-                                      to_pixels)
+from adapt.pseudo.strong_view import (StrongAugParams, from_pixels, sample_generators,
+                                      strong_augment, to_pixels)
 
 log = logging.getLogger(__name__)
 
