@@ -5,17 +5,19 @@ import time
 import torch
 
 
-def timed(fn, repeat: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` calls (CUDA synchronised)."""
+def timed(fn, repeat: int, device: torch.device, warmup: int = 0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` calls (CUDA synchronised), after
+    ``warmup`` calls that are not timed."""
     times = []
-    for _ in range(repeat):
+    for i in range(warmup + repeat):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 

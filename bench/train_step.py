@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.config import default_config                                      # noqa: E402
-from models.dsfd.loss import ProgressiveAnchorLoss                       # noqa: E402
-from models.dsfd.net import DSFD                                             # noqa: E402
-from adapt.hla.trainer import HLATrainer                                    # noqa: E402
-from models.inference import autocast                                        # noqa: E402
-from adapt.hla.tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks  # noqa: E402
-from engine import run as engine                                   # noqa: E402
+from data.config import default_config
+from models.dsfd.loss import ProgressiveAnchorLoss
+from models.dsfd.net import DSFD
+from adapt.hla.trainer import HLATrainer
+from models.inference import autocast
+from adapt.hla.tasks import SSL_TASKS, ContrastiveTask, RotationTask, build_tasks
+from bench.timing import timed
+from engine import run as engine
 
 
 def parse_args(argv=None):
@@ -120,17 +116,7 @@ def train_step(trainer, criterion, optimizer, named_params, images, targets, bat
 
 def time_steps(step, args, device) -> float:
     """Median seconds of ``args.steps`` steps after ``args.warmup``."""
-    times = []
-    for i in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return timed(step, args.steps, device, warmup=args.warmup)
 
 
 def count_flops(step) -> float:
