@@ -41,13 +41,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from data import config as config_lib
 from data.config_check import validate
-from data.loaders import identity_collate
-from data.predictions import ImageFiles, Outputs, list_images
+from data.predictions import Outputs, list_images
+from engine.cli import SameSizeBatches, parse_with_config, start_tool
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
 from lowlevel.enhancement import enhance_uint8, load_enhancer
 from models.inference import build_face_detector
@@ -84,15 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     add_precision_argument(p)
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.opts)
+    cfg = start_tool(args)
     validate(cfg)
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
@@ -153,33 +147,17 @@ def batch_enhancer(args, cfg, device):
 
 def run(paths: list[Path], tester: TestTimeDetector, enhancer, outputs: Outputs, args) -> int:
     """Detect and write, batching consecutive images of the same size; returns the failures."""
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=identity_collate,
-                        num_workers=args.workers if len(paths) > 1 else 0)
-    pending: list = []
-    failed = 0
-
-    def flush():
-        images = [img for _, img in pending]
+    batches = SameSizeBatches(paths, args.batch_size, args.workers, "detect", log)
+    for batch in batches:
+        images = [img for _, img in batch]
         if enhancer is not None:
             images = enhancer(images)
         h, w = images[0].shape[:2]
         plan = (reference_passes(h, w, args.scale) if args.mode == "multi"
                 else [Pass(args.scale)])
-        for (path, _), dets in zip(pending, tester(images, plan)):
+        for (path, _), dets in zip(batch, tester(images, plan)):
             outputs.write(path, dets)
-        pending.clear()
-
-    for path, img, error in tqdm(loader, total=len(paths), desc="detect", unit="img"):
-        if img is None:
-            log.warning("skipping unreadable image %s: %s", path, error)
-            failed += 1
-            continue
-        if pending and (len(pending) == args.batch_size or pending[0][1].shape != img.shape):
-            flush()
-        pending.append((path, img))
-    if pending:
-        flush()
-    return failed
+    return batches.failed
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from utils.files import remove_stale_temps, resolve_path  # noqa: E402
 from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
                                pending, read_rgb, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
+from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
 from lowlevel.noise import blur, image_seed, make_h_blur  # noqa: E402
 
 log = logging.getLogger("blur_images")
@@ -78,19 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: NOISE.BLUR_DIR (el) or NOISE.WIDER_BLUR_DIR (h)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
-        log.error("%s", exc)
-        return 1
+    return run_writing_tool(run, parse_args(argv), log)
 
 
 def run(args) -> int:

@@ -35,10 +35,11 @@ from tqdm import tqdm  # noqa: E402
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
 from lowlevel import classic as baselines  # noqa: E402
-from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from utils.files import remove_stale_temps, resolve_path  # noqa: E402
 from data.image_folder import (UNREADABLE, default_output, list_image_files,  # noqa: E402
                                mirror_pairs, pending, read_rgb, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
+from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
 from lowlevel.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer  # noqa: E402
 from utils import dist  # noqa: E402
 
@@ -86,9 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lime-alpha", type=float, default=baselines.LIME_ALPHA)
     p.add_argument("--lime-gamma", type=float, default=baselines.LIME_GAMMA)
     p.add_argument("--lime-sigma", type=float, default=baselines.LIME_SIGMA)
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def resolve_folders(args, cfg) -> tuple[Path, Path]:
@@ -126,13 +125,15 @@ def baseline_transform(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
-        log.error("%s", exc)
-        return 1
+    return run_writing_tool(run, parse_args(argv), log)
+
+
+def load_el(args, cfg):
+    """E(L) on RUN.DEVICE, from ``--weights`` or ENHANCE.WEIGHTS; returns (net, device)."""
+    device = dist.pick_device(cfg.RUN.DEVICE)
+    weights, key = (args.weights, "--weights") if args.weights else \
+        (str(resolve_path(cfg.ENHANCE.WEIGHTS)), "ENHANCE.WEIGHTS")
+    return load_enhancer(weights, device, key), device
 
 
 def run(args) -> int:
@@ -147,17 +148,21 @@ def run(args) -> int:
     if not todo:
         return 0
 
-    net = device = None
-    if args.method == "el":
-        device = dist.pick_device(cfg.RUN.DEVICE)
-        weights, key = (args.weights, "--weights") if args.weights else \
-            (str(resolve_path(cfg.ENHANCE.WEIGHTS)), "ENHANCE.WEIGHTS")
-        net = load_enhancer(weights, device, key)
-    batch_size = args.batch_size or (8 if device is not None and device.type == "cuda" else 1)
+    net, device = load_el(args, cfg) if args.method == "el" else (None, None)
     dataset = SourceImages([s for s, _ in todo], baseline_transform(args))
     loader = DataLoader(dataset, batch_size=None, collate_fn=identity_collate,
                         num_workers=args.workers if len(todo) > 1 else 0)
+    failed = enhance_and_write(loader, todo, net, device, args)
+    log.info("wrote %d images to %s%s", len(todo) - len(failed), out_dir,
+             f"; {len(failed)} unreadable inputs skipped: {', '.join(failed)}" if failed else "")
+    return 0
 
+
+def enhance_and_write(loader, todo, net, device, args) -> list[str]:
+    """Write each image of ``loader`` (already enhanced by a baseline, or through E(L) ``net``
+    in batches of one size) to its output of ``todo``, in two writer threads; returns the
+    unreadable inputs."""
+    batch_size = args.batch_size or (8 if device is not None and device.type == "cuda" else 1)
     failed: list[str] = []
     batch: list[tuple[int, np.ndarray]] = []
     with ThreadPoolExecutor(max_workers=2) as writer, \
@@ -193,9 +198,7 @@ def run(args) -> int:
             flush()
         for w in writes:
             w.result()
-    log.info("wrote %d images to %s%s", len(todo) - len(failed), out_dir,
-             f"; {len(failed)} unreadable inputs skipped: {', '.join(failed)}" if failed else "")
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

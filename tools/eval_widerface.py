@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.cli import parse_eval_args, run_evaluation  # noqa: E402
 from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv  # noqa: E402
 from evaluation.official_curves import wider_curves  # noqa: E402
 from evaluation.widerface import SETTINGS, evaluate_widerface  # noqa: E402
@@ -34,27 +35,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              '"hard": ...} on stdout')
     parser.add_argument("--plot", type=Path, help="write the three PR curves to this PNG")
     parser.add_argument("--csv", help="write PREFIX_<setting>.csv (threshold,precision,recall)")
-    parser.add_argument("--official-curves", type=Path,
-                        help="folder of <method>/wider_pr_info_*_val.mat leaderboard curves to "
-                             "draw beside ours (needs --plot)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="score images without a prediction file as images without "
-                             "detections even when none has one (default: that is an error, "
-                             "most likely a wrong folder layout)")
-    parser.add_argument("--label", default="ours", help="legend label of our curves")
-    args = parser.parse_args(argv)
-    if args.official_curves is not None and args.plot is None:
-        parser.error("--official-curves needs --plot")
-    return args
+    curves = ("folder of <method>/wider_pr_info_*_val.mat leaderboard curves to draw beside "
+              "ours (needs --plot)")
+    return parse_eval_args(parser, argv, curves, label_help="legend label of our curves")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return evaluate(args)
-    except (FileNotFoundError, ValueError) as exc:       # a wrong folder or a malformed file
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_evaluation(evaluate, parse_args(argv))
 
 
 def evaluate(args) -> int:

@@ -179,29 +179,37 @@ def check_opencv(cfg, detector, path: Path, rgb: np.ndarray) -> float:
     return worst
 
 
+def check_dsfd_outputs(detector, runner: OnnxRunner, rgb: np.ndarray) -> float:
+    """Print DSFD's raw-output and detection differences on one image; return the score's."""
+    r = compare(detector, runner, rgb)
+    print(f"  {r['size'][0]}x{r['size'][1]}: max |loc| diff {r['loc']:.2e}, max "
+          f"|score| diff {r['score']:.2e}, detections onnx/torch "
+          f"{r['detections'][0]}/{r['detections'][1]}, top-50 box diff "
+          f"{r['top_boxes']:.2e}")
+    return r["score"]
+
+
+def check_detections(detector, runner, rgb: np.ndarray) -> float:
+    """Print the detection differences on one image (any detector); return the largest."""
+    r = compare_detections(detector, runner, rgb)
+    print(f"  {r['size'][0]}x{r['size'][1]}: detections onnx/torch "
+          f"{r['detections'][0]}/{r['detections'][1]}, top-50 detection diff "
+          f"{r['top_boxes']:.2e}")
+    return r["top_boxes"]
+
+
 def check(cfg, detector, path: Path, rgb: np.ndarray, opencv: bool) -> float:
     """Print the onnxruntime (and OpenCV) vs PyTorch differences; return the largest."""
     worst = 0.0
     images = check_images(rgb, fixed_input_size(path))
-    if cfg.MODEL.NAME == "dsfd_vgg":
-        onnx_det = onnx_runner(path, cfg)
-        for img in images:
-            r = compare(detector, onnx_det, np.ascontiguousarray(img))
-            worst = max(worst, r["score"])
-            print(f"  {r['size'][0]}x{r['size'][1]}: max |loc| diff {r['loc']:.2e}, max "
-                  f"|score| diff {r['score']:.2e}, detections onnx/torch "
-                  f"{r['detections'][0]}/{r['detections'][1]}, top-50 box diff "
-                  f"{r['top_boxes']:.2e}")
-        return worst
     runner = onnx_runner(path, cfg)
-    for img in images:
-        r = compare_detections(detector, runner, np.ascontiguousarray(img))
-        worst = max(worst, r["top_boxes"])
-        print(f"  {r['size'][0]}x{r['size'][1]}: detections onnx/torch "
-              f"{r['detections'][0]}/{r['detections'][1]}, top-50 detection diff "
-              f"{r['top_boxes']:.2e}")
+    for img in map(np.ascontiguousarray, images):
+        if cfg.MODEL.NAME == "dsfd_vgg":            # its raw outputs too; no OpenCV variant
+            worst = max(worst, check_dsfd_outputs(detector, runner, img))
+            continue
+        worst = max(worst, check_detections(detector, runner, img))
         if opencv:
-            worst = max(worst, check_opencv(cfg, detector, path, np.ascontiguousarray(img)))
+            worst = max(worst, check_opencv(cfg, detector, path, img))
     return worst
 
 

@@ -33,14 +33,11 @@ if str(ROOT) not in sys.path:                 # run as `python tools/make_pseudo
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from data import config as config_lib  # noqa: E402
 from data.image_folder import write_bytes_atomic  # noqa: E402
 from data.loaders import resolve_path  # noqa: E402
-from data.loaders import identity_collate  # noqa: E402
-from data.predictions import ImageFiles, list_images  # noqa: E402
+from data.predictions import list_images  # noqa: E402
+from engine.cli import SameSizeBatches, parse_with_config, start_tool  # noqa: E402
 from models.inference import build_face_detector  # noqa: E402
 from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
 from utils import dist  # noqa: E402
@@ -89,15 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="base resize factor")
     p.add_argument("--path-prefix", default=None, help="write <prefix>/<path below --images>")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.opts)
+    cfg = start_tool(args)
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
     images = Path(args.images) if args.images else resolve_path(cfg.ENHANCE.ENHANCED_DIR)
@@ -112,15 +106,10 @@ def main(argv=None) -> int:
     tester = TestTimeDetector(build_face_detector(cfg, args.weights, device),
                               vote=args.mode == "multi", dummy_rows=False, iou_thresh=0.3,
                               top_k=cfg.DETECT.TOP_K)
-    loader = DataLoader(ImageFiles(paths), batch_size=None, collate_fn=identity_collate,
-                        num_workers=args.workers if len(paths) > 1 else 0)
+    decoded = SameSizeBatches(paths, 1, args.workers, "pseudo boxes", log)   # one image each
 
-    lines, n_boxes, failed = [], 0, 0
-    for path, img, info in tqdm(loader, total=len(paths), desc="pseudo boxes", unit="img"):
-        if img is None:
-            log.warning("skipping unreadable image %s: %s", path, info)
-            failed += 1
-            continue
+    lines, n_boxes = [], 0
+    for [(path, img)] in decoded:
         h, w = img.shape[:2]
         plan = reference_passes(h, w, args.scale) if args.mode == "multi" else [Pass(args.scale)]
         dets = tester([img], plan)[0]
@@ -128,6 +117,7 @@ def main(argv=None) -> int:
         n_boxes += len(kept)
         lines.append(format_line(list_path(path, images_root, data_root, args.path_prefix), kept))
     write_bytes_atomic(("\n".join(lines) + "\n").encode(), output)
+    failed = decoded.failed
     log.info("wrote %s: %d images, %d boxes (%.1f per image)%s", output, len(lines), n_boxes,
              n_boxes / max(len(lines), 1),
              f"; {failed} unreadable images skipped" if failed else "")

@@ -46,7 +46,6 @@ if str(ROOT) not in sys.path:                 # run as `python tools/make_pseudo
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from utils.files import remove_stale_temps, resolve_path, write_text_atomic  # noqa: E402
@@ -55,6 +54,7 @@ from adapt.pseudo.labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E40
 from layers.box_fusion import FUSION, fuse_teachers  # noqa: E402
 from models.test_time import Pass, TestTimeDetector  # noqa: E402
 from models.test_time import merged_passes as teacher_detections  # noqa: E402,F401
+from engine.cli import SameSizeBatches, parse_with_config, start_tool  # noqa: E402
 from utils import dist  # noqa: E402
 
 log = logging.getLogger("make_pseudo_labels")
@@ -167,33 +167,15 @@ def label_batch(images: list[np.ndarray], runners, teachers, enhancer, plan, arg
 def run(todo: list[Path], files: LabelFiles, label, data_root: Path, args) -> tuple[int, int]:
     """Label and write ``todo``, batching consecutive same-sized images; returns (failed,
     boxes written)."""
-    from torch.utils.data import DataLoader
-    from data.loaders import identity_collate
-    from data.predictions import ImageFiles
-    loader = DataLoader(ImageFiles(todo), batch_size=None, collate_fn=identity_collate,
-                        num_workers=args.workers if len(todo) > 1 else 0)
-    pending, failed, boxes = [], 0, 0
-
-    def flush():
-        nonlocal boxes
-        for (path, img), dets in zip(pending, label([img for _, img in pending])):
+    batches = SameSizeBatches(todo, args.batch_size, args.workers, "pseudo labels", log)
+    boxes = 0
+    for batch in batches:
+        for (path, img), dets in zip(batch, label([img for _, img in batch])):
             record = PseudoRecord.from_detections(relative_image_path(path, data_root),
                                                   (img.shape[1], img.shape[0]), dets)
             write_pseudo_labels(files.path(path), [record])
             boxes += len(dets)
-        pending.clear()
-
-    for path, img, error in tqdm(loader, total=len(todo), desc="pseudo labels", unit="img"):
-        if img is None:
-            log.warning("skipping unreadable image %s: %s", path, error)
-            failed += 1
-            continue
-        if pending and (len(pending) == args.batch_size or pending[0][1].shape != img.shape):
-            flush()
-        pending.append((path, img))
-    if pending:
-        flush()
-    return failed, boxes
+    return batches.failed, boxes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -223,16 +205,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="root of relative paths in a list file (default: FACE.DATA_ROOT)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from data.predictions import list_images
-    cfg = config_lib.load_config(args.config, args.opts)
+    cfg = start_tool(args)
     teachers = [parse_teacher(s, "el" if args.enhance else "raw") for s in args.teacher]
     if not 1 <= args.min_agree <= len(teachers):
         raise ValueError(f"--min-agree {args.min_agree} needs 1 to {len(teachers)} teachers")

@@ -41,10 +41,11 @@ from tqdm import tqdm  # noqa: E402
 
 from data import config as config_lib  # noqa: E402
 from data.config_check import validate  # noqa: E402
-from utils.files import WriteError, remove_stale_temps, resolve_path  # noqa: E402
+from utils.files import remove_stale_temps, resolve_path  # noqa: E402
 from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
                                pending, read_rgb, through_file, write_image_atomic)
 from data.loaders import identity_collate  # noqa: E402
+from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
 from lowlevel.noise import (crop_back, from_generator_output, image_seed,  # noqa: E402
                                   make_h_blur, to_generator_input)
 from lowlevel.pix2pix import (UnetGenerator, generator_state_dict, generator_width,  # noqa: E402
@@ -95,9 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="running batch-norm statistics and no dropout (not the reference)")
     p.add_argument("--workers", type=int, default=2, help="input-preparing processes")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
-    p.add_argument("--config", action="append", default=[], metavar="PRESET")
-    p.add_argument("opts", nargs="*", metavar="KEY.SUB=VALUE", help="config overrides")
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 def load_generator(path: str, key: str, device: torch.device, reference_mode: bool):
@@ -134,13 +133,7 @@ def build_jobs(args, cfg) -> list[tuple[Path, Path, Path | None]]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except WriteError as exc:                 # e.g. a full disk: one line; finished outputs stay
-        log.error("%s", exc)
-        return 1
+    return run_writing_tool(run, parse_args(argv), log)
 
 
 def run(args) -> int:

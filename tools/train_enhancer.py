@@ -24,9 +24,7 @@ steps and on SIGTERM / Ctrl-C (atomic, finite; ``--resume auto`` continues exact
 from __future__ import annotations
 
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,17 +43,9 @@ from data.samplers import ResumableSampler  # noqa: E402
 from lowlevel.losses import EnhanceLoss  # noqa: E402
 from lowlevel.enhancement import EnhanceNet, init_weights  # noqa: E402
 from engine import run as engine  # noqa: E402
-from utils.logger import setup_logging  # noqa: E402
+from engine.cli import TrainerEpochs, run_trainer, trainer_arguments  # noqa: E402
 
 log = logging.getLogger("train_enhancer")
-
-
-def parse_args(argv=None):
-    p = engine.run_arguments(__doc__)
-    p.add_argument("--max-steps", type=int, default=0, metavar="N",
-                   help="stop after N optimizer steps in all (checkpointed, resumable); "
-                        "0: no limit")
-    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,92 +117,70 @@ def restore_checkpoint(ckpt, net, optimizer, scheduler, cfg) -> engine.Progress:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging()
-    run_dir = None
-    try:
-        cfg, resume, run_dir = engine.resolve_run(args, lambda c: c.RUN.NAME or "enhancer")
-        if engine.nothing_to_do(cfg.ENHANCE.EPOCHS, "ENHANCE.EPOCHS"):
-            return 0
-        device = engine.single_process_device(cfg)
-        with engine.Run(run_dir, cfg, resume, device, args.overwrite,
-                        ["enhancer_final.pth"]) as run:
-            return train(cfg, resume, run, device, args.max_steps)
-    except engine.RunError as exc:
-        return engine.report_failure(exc, run_dir)
+    args = trainer_arguments(__doc__).parse_args(argv)
+    return run_trainer(args, "enhancer", "enhancer_final.pth",
+                       lambda cfg: (cfg.ENHANCE.EPOCHS, "ENHANCE.EPOCHS"), train)
 
 
-def train(cfg, resume, run: engine.Run, device: torch.device, max_steps: int = 0) -> int:
+def build_training(cfg, resume, device: torch.device):
+    """E(L) (initialised as the reference, or resumed), Adam and its exponential decay, and
+    the progress to go on from."""
     E = cfg.ENHANCE
     torch.manual_seed(cfg.RUN.SEED)
     net = EnhanceNet()
     init_weights(net)
     net.to(device)
-    named_params = list(net.named_parameters())
     optimizer = torch.optim.Adam(net.parameters(), lr=E.LR, weight_decay=E.WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=E.LR_DECAY)
     progress = engine.Progress()
     if resume is not None:
         progress = restore_checkpoint(resume.checkpoint, net, optimizer, scheduler, cfg)
+    return net, optimizer, scheduler, progress
+
+
+def enhance_step(net, criterion, optimizer, x: torch.Tensor, step: int, grad_clip: float,
+                 named_params: list) -> tuple[torch.Tensor, dict]:
+    """One update of E(L) on the batch ``x`` (the ``step``-th, for the non-finite checks);
+    returns the loss and its terms."""
+    y, maps = net(x)
+    loss_dict = criterion(x, y, maps)
+    loss = sum(loss_dict.values())
+    engine.check_loss(step, loss, loss_dict, x.device)      # a stop is the loop's to see
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    engine.check_gradients(step, named_params, loss_dict, norm)
+    optimizer.step()
+    return loss, loss_dict
+
+
+def train(cfg, resume, run: engine.Run, device: torch.device, max_steps: int = 0) -> int:
+    E = cfg.ENHANCE
+    net, optimizer, scheduler, progress = build_training(cfg, resume, device)
+    named_params = list(net.named_parameters())
     criterion = EnhanceLoss(E.W_TV, E.W_SPA, E.W_COL, E.W_EXP, E.EXPOSURE)
     loader, sampler = build_loader(cfg, device)
-    steps_per_epoch = math.ceil(len(loader.dataset) / E.BATCH_SIZE)
-    total = steps_per_epoch * E.EPOCHS
-    log.info("run folder %s on %s: %d images, %d steps per epoch, %d epochs", run.dir, device,
-             len(loader.dataset), steps_per_epoch, E.EPOCHS)
-
-    meters = run.metrics(total)
-    stop = engine.StopRequest()
     state = lambda: {"model": net.state_dict(), "optimizer": optimizer.state_dict(),  # noqa
                      "scheduler": scheduler.state_dict()}
+    # the scheduler steps at each epoch end: lr x LR_DECAY
+    loop = TrainerEpochs(run, progress, loader, sampler, E.EPOCHS, state, [scheduler],
+                         max_steps, log)
+    log.info("run folder %s on %s: %d images, %d steps per epoch, %d epochs", run.dir, device,
+             len(loader.dataset), loop.steps_per_epoch, E.EPOCHS)
+
     net.train()
-    try:
-        while progress.epoch < E.EPOCHS:
-            sampler.set_epoch(progress.epoch, skip=progress.epoch_step * E.BATCH_SIZE)
-            t_data = time.perf_counter()
-            for images, skipped in loader:
-                data_time = time.perf_counter() - t_data
-                progress.epoch_step += 1
-                progress.skipped += skipped
-                stopping = bool(stop.requested)
-                if images is not None:
-                    x = images.to(device, non_blocking=True)
-                    y, maps = net(x)
-                    loss_dict = criterion(x, y, maps)
-                    loss = sum(loss_dict.values())
-                    stopping = engine.check_loss(progress.step + 1, loss, loss_dict, device,
-                                                 stop)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), E.GRAD_CLIP)
-                    engine.check_gradients(progress.step + 1, named_params, loss_dict, norm)
-                    optimizer.step()
-                    progress.step += 1
-                    meters.update(loss=loss.detach(), data_time=data_time,
-                                  **{k: v.detach() for k, v in loss_dict.items()})
-                    run.log_step(progress.step, progress.step == total,
-                                 lr=optimizer.param_groups[0]["lr"], epoch=progress.epoch,
-                                 skipped_images=progress.skipped)
-                if progress.epoch_step == steps_per_epoch:          # epoch done
-                    progress.epoch += 1
-                    progress.epoch_step = 0
-                    scheduler.step()                                # lr x LR_DECAY
-                stopping = (stopping or bool(stop.requested)
-                            or bool(max_steps and progress.step >= max_steps))
-                if (progress.epoch_step == 0 or stopping
-                        or (images is not None and progress.step % cfg.RUN.CKPT_EVERY == 0)):
-                    run.save_checkpoint(progress, state, reason=stop.requested)
-                if stopping:
-                    log.warning("stopped at step %d; resume with --resume auto", progress.step)
-                    return 0
-                if progress.epoch_step == 0:
-                    break
-                t_data = time.perf_counter()
-        final = run.save_final(net.state_dict(), "enhancer_final.pth", progress.step)
-        log.info("done: %d steps; enhancer weights in %s", progress.step, final)
-        return 0
-    finally:
-        stop.restore()
+    with loop:
+        for (images, _), data_time in loop:
+            if images is None:
+                continue
+            loss, loss_dict = enhance_step(net, criterion, optimizer,
+                                           images.to(device, non_blocking=True),
+                                           progress.step + 1, E.GRAD_CLIP, named_params)
+            loop.meters.update(loss=loss.detach(), data_time=data_time,
+                               **{k: v.detach() for k, v in loss_dict.items()})
+            loop.step_done(lr=optimizer.param_groups[0]["lr"])
+        loop.finish(net.state_dict(), "enhancer_final.pth", "enhancer weights")
+    return 0
 
 
 if __name__ == "__main__":

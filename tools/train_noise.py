@@ -24,9 +24,7 @@ Real training needs a GPU (docs/LOW_LEVEL.md has the CPU step time).
 from __future__ import annotations
 
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,18 +40,10 @@ from lowlevel.noise import PairedCrops, collate_pairs  # noqa: E402
 from data.samplers import ResumableSampler  # noqa: E402
 from lowlevel.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
 from engine import run as engine  # noqa: E402
+from engine.cli import TrainerEpochs, run_trainer, trainer_arguments  # noqa: E402
 from engine.gan import linear_decay, pix2pix_step  # noqa: E402
-from utils.logger import setup_logging  # noqa: E402
 
 log = logging.getLogger("train_noise")
-
-
-def parse_args(argv=None):
-    p = engine.run_arguments(__doc__)
-    p.add_argument("--max-steps", type=int, default=0, metavar="N",
-                   help="stop after N optimizer steps in all (checkpointed, resumable); "
-                        "0: no limit")
-    return p.parse_args(argv)
 
 
 def find_pairs(cfg) -> list[tuple[Path, Path]]:
@@ -114,19 +104,24 @@ def restore_checkpoint(ckpt, nets, cfg) -> engine.Progress:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging()
-    run_dir = None
-    try:
-        cfg, resume, run_dir = engine.resolve_run(args, lambda c: c.RUN.NAME or "noise_pix2pix")
-        if engine.nothing_to_do(cfg.NOISE.EPOCHS + cfg.NOISE.EPOCHS_DECAY,
-                                "NOISE.EPOCHS + NOISE.EPOCHS_DECAY"):
-            return 0
-        device = engine.single_process_device(cfg)
-        with engine.Run(run_dir, cfg, resume, device, args.overwrite, ["G_final.pth"]) as run:
-            return train(cfg, resume, run, device, args.max_steps)
-    except engine.RunError as exc:
-        return engine.report_failure(exc, run_dir)
+    args = trainer_arguments(__doc__).parse_args(argv)
+    return run_trainer(args, "noise_pix2pix", "G_final.pth",
+                       lambda cfg: (cfg.NOISE.EPOCHS + cfg.NOISE.EPOCHS_DECAY,
+                                    "NOISE.EPOCHS + NOISE.EPOCHS_DECAY"), train)
+
+
+def build_loader(cfg, device: torch.device):
+    """The aligned crops of the (blurred, enhanced) pairs, shuffled by a resumable sampler."""
+    N = cfg.NOISE
+    dataset = PairedCrops(find_pairs(cfg), N.CROP, cfg.RUN.SEED)
+    sampler = ResumableSampler(len(dataset), N.BATCH_SIZE, shuffle=True, seed=cfg.RUN.SEED)
+    loader = DataLoader(dataset, batch_size=N.BATCH_SIZE, sampler=sampler,
+                        num_workers=cfg.RUN.NUM_WORKERS, collate_fn=collate_pairs,
+                        pin_memory=device.type == "cuda",
+                        # its own generator: making an iterator must not draw from the global
+                        # RNG (dropout's), or a resumed run would diverge
+                        generator=torch.Generator().manual_seed(cfg.RUN.SEED))
+    return loader, sampler
 
 
 def train(cfg, resume, run: engine.Run, device: torch.device, max_steps: int = 0) -> int:
@@ -137,62 +132,24 @@ def train(cfg, resume, run: engine.Run, device: torch.device, max_steps: int = 0
     progress = engine.Progress()
     if resume is not None:
         progress = restore_checkpoint(resume.checkpoint, nets, cfg)
-
-    dataset = PairedCrops(find_pairs(cfg), N.CROP, cfg.RUN.SEED)
-    sampler = ResumableSampler(len(dataset), N.BATCH_SIZE, shuffle=True, seed=cfg.RUN.SEED)
-    loader = DataLoader(dataset, batch_size=N.BATCH_SIZE, sampler=sampler,
-                        num_workers=cfg.RUN.NUM_WORKERS, collate_fn=collate_pairs,
-                        pin_memory=device.type == "cuda",
-                        # its own generator: making an iterator must not draw from the global
-                        # RNG (dropout's), or a resumed run would diverge
-                        generator=torch.Generator().manual_seed(cfg.RUN.SEED))
-    epochs = N.EPOCHS + N.EPOCHS_DECAY
-    steps_per_epoch = math.ceil(len(dataset) / N.BATCH_SIZE)
-    total = steps_per_epoch * epochs
+    loader, sampler = build_loader(cfg, device)
+    loop = TrainerEpochs(run, progress, loader, sampler, N.EPOCHS + N.EPOCHS_DECAY,
+                         lambda: checkpoint_state(nets), scheds, max_steps, log)
     log.info("run folder %s on %s: %d pairs, %d steps per epoch, %d + %d epochs", run.dir,
-             device, len(dataset), steps_per_epoch, N.EPOCHS, N.EPOCHS_DECAY)
+             device, len(loader.dataset), loop.steps_per_epoch, N.EPOCHS, N.EPOCHS_DECAY)
 
-    meters = run.metrics(total)
-    stop = engine.StopRequest()
     G.train()
     D.train()
-    try:
-        while progress.epoch < epochs:
-            sampler.set_epoch(progress.epoch, skip=progress.epoch_step * N.BATCH_SIZE)
-            t_data = time.perf_counter()
-            for real_a, real_b, dropped in loader:
-                data_time = time.perf_counter() - t_data
-                progress.epoch_step += 1
-                progress.skipped += dropped
-                if real_a is not None:
-                    losses = pix2pix_step(G, D, opt_g, opt_d, real_a.to(device),
-                                          real_b.to(device), N.LAMBDA_L1, progress.step + 1)
-                    progress.step += 1
-                    meters.update(data_time=data_time, **losses)
-                    run.log_step(progress.step, progress.step == total,
-                                 lr=opt_g.param_groups[0]["lr"], epoch=progress.epoch,
-                                 skipped_images=progress.skipped)
-                if progress.epoch_step == steps_per_epoch:          # epoch done
-                    progress.epoch += 1
-                    progress.epoch_step = 0
-                    for s in scheds:
-                        s.step()
-                stopping = bool(stop.requested) or bool(max_steps and progress.step >= max_steps)
-                if (progress.epoch_step == 0 or stopping
-                        or (real_a is not None and progress.step % cfg.RUN.CKPT_EVERY == 0)):
-                    run.save_checkpoint(progress, lambda: checkpoint_state(nets),
-                                        reason=stop.requested)
-                if stopping:
-                    log.warning("stopped at step %d; resume with --resume auto", progress.step)
-                    return 0
-                if progress.epoch_step == 0:
-                    break
-                t_data = time.perf_counter()
-        final = run.save_final(G.state_dict(), "G_final.pth", progress.step)
-        log.info("done: %d steps; generator weights in %s", progress.step, final)
-        return 0
-    finally:
-        stop.restore()
+    with loop:
+        for (real_a, real_b, _), data_time in loop:
+            if real_a is None:
+                continue
+            losses = pix2pix_step(G, D, opt_g, opt_d, real_a.to(device), real_b.to(device),
+                                  N.LAMBDA_L1, progress.step + 1)
+            loop.meters.update(data_time=data_time, **losses)
+            loop.step_done(lr=opt_g.param_groups[0]["lr"])
+        loop.finish(G.state_dict(), "G_final.pth", "generator weights")
+    return 0
 
 
 if __name__ == "__main__":
