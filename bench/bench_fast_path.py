@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import real_weights
+from bench.timing import interleaved
 from data.config import load_config
-from models.registry import build_net, get_entry
 from models.inference import FaceDetector
 from models.onnx_runner import onnx_runner
-import real_weights
-from timing import interleaved
+from models.registry import build_net, get_entry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def network(name: str, cfg, shared: Path):

@@ -27,21 +27,20 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_amp import match
-from timing import interleaved
+from bench import real_weights
+from bench.bench_amp import match
+from bench.timing import interleaved
 from data.config import load_config
-from models.registry import build_net
 from models.inference import FaceDetector
+from models.registry import build_net
 from utils.precision import family_of, resolve_precision
-import real_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEEP = 0.5
 

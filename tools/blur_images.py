@@ -20,25 +20,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/blur_images.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from data.config_check import validate  # noqa: E402
-from utils.files import remove_stale_temps, resolve_path  # noqa: E402
-from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
+from data import config as config_lib
+from data.config_check import validate
+from utils.files import remove_stale_temps, resolve_path
+from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,
                                pending, read_rgb, write_image_atomic)
-from data.loaders import identity_collate  # noqa: E402
-from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
-from lowlevel.noise import blur, image_seed, make_h_blur  # noqa: E402
+from data.loaders import identity_collate
+from engine.cli import parse_with_config, run_writing_tool
+from lowlevel.noise import blur, image_seed, make_h_blur
 
 log = logging.getLogger("blur_images")
 

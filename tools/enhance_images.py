@@ -20,28 +20,23 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/enhance_images.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from data.config_check import validate  # noqa: E402
-from lowlevel import classic as baselines  # noqa: E402
-from utils.files import remove_stale_temps, resolve_path  # noqa: E402
-from data.image_folder import (UNREADABLE, default_output, list_image_files,  # noqa: E402
+from data import config as config_lib
+from data.config_check import validate
+from lowlevel import classic as baselines
+from utils.files import remove_stale_temps, resolve_path
+from data.image_folder import (UNREADABLE, default_output, list_image_files,
                                mirror_pairs, pending, read_rgb, write_image_atomic)
-from data.loaders import identity_collate  # noqa: E402
-from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
-from lowlevel.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer  # noqa: E402
-from utils import dist  # noqa: E402
+from data.loaders import identity_collate
+from engine.cli import parse_with_config, run_writing_tool
+from lowlevel.enhancement import DEFAULT_MARGIN, enhance_uint8, load_enhancer
+from utils import dist
 
 log = logging.getLogger("enhance_images")
 METHODS = ("el", "gamma", "clahe", "lime")

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from engine.cli import parse_eval_args, run_evaluation  # noqa: E402
-from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv  # noqa: E402
-from evaluation.darkface import evaluate_darkface, read_id_list  # noqa: E402
-from evaluation.official_curves import darkface_curves  # noqa: E402
+from engine.cli import parse_eval_args, run_evaluation
+from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv
+from evaluation.darkface import evaluate_darkface, read_id_list
+from evaluation.official_curves import darkface_curves
 
 
 def parse_args(argv=None) -> argparse.Namespace:

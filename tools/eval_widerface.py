@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from engine.cli import parse_eval_args, run_evaluation  # noqa: E402
-from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv  # noqa: E402
-from evaluation.official_curves import wider_curves  # noqa: E402
-from evaluation.widerface import SETTINGS, evaluate_widerface  # noqa: E402
+from engine.cli import parse_eval_args, run_evaluation
+from evaluation.common import PRCurve, plot_pr_curves, write_pr_csv
+from evaluation.official_curves import wider_curves
+from evaluation.widerface import SETTINGS, evaluate_widerface
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,28 +36,23 @@ Deployment variants (models/onnx_deploy.py; docs/DETECTORS.md, "Deployment"):
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from data.image_folder import read_rgb  # noqa: E402
-from models.dsfd.net import export_dsfd_onnx as export  # noqa: E402,F401 (tests call it)
-from models.registry import get_entry  # noqa: E402
-from models.inference import build_face_detector  # noqa: E402
-from models.onnx_deploy import (CALIBRATION_METHODS, ImageCalibrationReader,  # noqa: E402
+from data import config as config_lib
+from data.image_folder import read_rgb
+from models.dsfd.net import export_dsfd_onnx as export  # noqa:F401 (tests call it)
+from models.registry import get_entry
+from models.inference import build_face_detector
+from models.onnx_deploy import (CALIBRATION_METHODS, ImageCalibrationReader,
                                 OpenCVRunner, calibration_images, export_opencv,
                                 face_detector_yn, fit_image, fixed_input_size,
                                 opencv_input_size, qdq_counts, quantize_int8)
-from models.onnx_runner import OnnxRunner, onnx_decoder, onnx_runner  # noqa: E402
-from lowlevel.enhancers import build_enhancer  # noqa: E402
-from lowlevel.onnx_enhance import GRAPH_ENHANCERS, prepend_enhancer  # noqa: E402
+from models.onnx_runner import OnnxRunner, onnx_decoder, onnx_runner
+from lowlevel.enhancers import build_enhancer
+from lowlevel.onnx_enhance import GRAPH_ENHANCERS, prepend_enhancer
 
 
 def compare(detector, onnx_det: OnnxRunner, rgb: np.ndarray) -> dict:

@@ -28,19 +28,15 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/make_pseudo_boxes.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data.image_folder import write_bytes_atomic  # noqa: E402
-from data.loaders import resolve_path  # noqa: E402
-from data.predictions import list_images  # noqa: E402
-from engine.cli import SameSizeBatches, parse_with_config, start_tool  # noqa: E402
-from models.inference import build_face_detector  # noqa: E402
-from models.test_time import Pass, TestTimeDetector, reference_passes  # noqa: E402
-from utils import dist  # noqa: E402
+from data.image_folder import write_bytes_atomic
+from data.loaders import resolve_path
+from data.predictions import list_images
+from engine.cli import SameSizeBatches, parse_with_config, start_tool
+from models.inference import build_face_detector
+from models.test_time import Pass, TestTimeDetector, reference_passes
+from utils import dist
 
 log = logging.getLogger("make_pseudo_boxes")
 

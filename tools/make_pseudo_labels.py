@@ -41,21 +41,17 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/make_pseudo_labels.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from utils.files import remove_stale_temps, resolve_path, write_text_atomic  # noqa: E402
-from adapt.pseudo.labels import (PseudoRecord, merge_pseudo_labels,  # noqa: E402
-                                relative_image_path, write_pseudo_labels)
-from layers.box_fusion import FUSION, fuse_teachers  # noqa: E402
-from models.test_time import Pass, TestTimeDetector  # noqa: E402
-from models.test_time import merged_passes as teacher_detections  # noqa: E402,F401
-from engine.cli import SameSizeBatches, parse_with_config, start_tool  # noqa: E402
-from utils import dist  # noqa: E402
+from data import config as config_lib
+from utils.files import remove_stale_temps, resolve_path, write_text_atomic
+from adapt.pseudo.labels import (PseudoRecord, merge_pseudo_labels,
+                                 relative_image_path, write_pseudo_labels)
+from layers.box_fusion import FUSION, fuse_teachers
+from models.test_time import Pass, TestTimeDetector
+from models.test_time import merged_passes as teacher_detections  # noqa:F401
+from engine.cli import SameSizeBatches, parse_with_config, start_tool
+from utils import dist
 
 log = logging.getLogger("make_pseudo_labels")
 INPUTS = ("raw", "el", "both")

@@ -25,33 +25,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/synthesize_noise.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data import config as config_lib  # noqa: E402
-from data.config_check import validate  # noqa: E402
-from utils.files import remove_stale_temps, resolve_path  # noqa: E402
-from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,  # noqa: E402
+from data import config as config_lib
+from data.config_check import validate
+from utils.files import remove_stale_temps, resolve_path
+from data.image_folder import (UNREADABLE, list_image_files, mirror_pairs,
                                pending, read_rgb, through_file, write_image_atomic)
-from data.loaders import identity_collate  # noqa: E402
-from engine.cli import parse_with_config, run_writing_tool  # noqa: E402
-from lowlevel.noise import (crop_back, from_generator_output, image_seed,  # noqa: E402
-                                  make_h_blur, to_generator_input)
-from lowlevel.pix2pix import (UnetGenerator, generator_state_dict, generator_width,  # noqa: E402
-                            set_test_mode)
-from utils import dist  # noqa: E402
-from utils.checkpoint import load_file  # noqa: E402
+from data.loaders import identity_collate
+from engine.cli import parse_with_config, run_writing_tool
+from lowlevel.noise import (crop_back, from_generator_output, image_seed,
+                            make_h_blur, to_generator_input)
+from lowlevel.pix2pix import (UnetGenerator, generator_state_dict, generator_width,
+                              set_test_mode)
+from utils import dist
+from utils.checkpoint import load_file
 
 log = logging.getLogger("synthesize_noise")
 

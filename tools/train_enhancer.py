@@ -24,26 +24,21 @@ steps and on SIGTERM / Ctrl-C (atomic, finite; ``--resume auto`` continues exact
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/train_enhancer.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from utils.files import resolve_path  # noqa: E402
-from data.image_folder import UNREADABLE, list_image_files, load_rgb  # noqa: E402
-from data.lowlight_model import camera_spec, darken_tensor  # noqa: E402
-from data.samplers import ResumableSampler  # noqa: E402
-from lowlevel.losses import EnhanceLoss  # noqa: E402
-from lowlevel.enhancement import EnhanceNet, init_weights  # noqa: E402
-from engine import run as engine  # noqa: E402
-from engine.cli import TrainerEpochs, run_trainer, trainer_arguments  # noqa: E402
+from utils.files import resolve_path
+from data.image_folder import UNREADABLE, list_image_files, load_rgb
+from data.lowlight_model import camera_spec, darken_tensor
+from data.samplers import ResumableSampler
+from lowlevel.losses import EnhanceLoss
+from lowlevel.enhancement import EnhanceNet, init_weights
+from engine import run as engine
+from engine.cli import TrainerEpochs, run_trainer, trainer_arguments
 
 log = logging.getLogger("train_enhancer")
 

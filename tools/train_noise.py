@@ -24,24 +24,19 @@ Real training needs a GPU (docs/LOW_LEVEL.md has the CPU step time).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                 # run as `python tools/train_noise.py`
-    sys.path.insert(0, str(ROOT))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from utils.files import resolve_path  # noqa: E402
-from data.image_folder import list_image_files  # noqa: E402
-from lowlevel.noise import PairedCrops, collate_pairs  # noqa: E402
-from data.samplers import ResumableSampler  # noqa: E402
-from lowlevel.pix2pix import PatchDiscriminator, UnetGenerator, init_weights  # noqa: E402
-from engine import run as engine  # noqa: E402
-from engine.cli import TrainerEpochs, run_trainer, trainer_arguments  # noqa: E402
-from engine.gan import linear_decay, pix2pix_step  # noqa: E402
+from utils.files import resolve_path
+from data.image_folder import list_image_files
+from lowlevel.noise import PairedCrops, collate_pairs
+from data.samplers import ResumableSampler
+from lowlevel.pix2pix import PatchDiscriminator, UnetGenerator, init_weights
+from engine import run as engine
+from engine.cli import TrainerEpochs, run_trainer, trainer_arguments
+from engine.gan import linear_decay, pix2pix_step
 
 log = logging.getLogger("train_noise")
 
