@@ -243,8 +243,13 @@ class Progress:
         return asdict(self)
 
 
-def restore(ckpt: Mapping) -> Progress:
-    """Restore the RNG states saved in ``ckpt``; returns its progress."""
+def restore(ckpt: Mapping, **parts) -> Progress:
+    """The one checkpoint restore: ``part.load_state_dict(ckpt[key])`` for every ``key=part``
+    (the model, optimizer, scheduler, scaler, EMA, ... a trainer saved under those keys), then
+    the RNG states; returns the checkpoint's progress. A trainer then puts the config's
+    optimizer values back (:func:`apply_optimizer_config`)."""
+    for key, part in parts.items():
+        part.load_state_dict(ckpt[key])
     set_rng_state(ckpt["rng"])
     return Progress(ckpt["step"], ckpt.get("epoch", 0), ckpt.get("epoch_step", 0),
                     ckpt.get("skipped", 0))

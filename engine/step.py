@@ -84,11 +84,9 @@ def restore_state(ckpt: Mapping, trainer, optimizer, scheduler, scaler, lr: floa
     then the config's optimizer values over the checkpoint's (``engine.run.apply_optimizer_config``:
     ``lr`` and ``group_values``); returns the restored progress (RNG states included)."""
     trainer.load_state_dict(trainer_state_dict(ckpt))
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])        # the lr follows the current config
-    engine.apply_optimizer_config(optimizer, scheduler, lr=lr, **group_values)
-    scaler.load_state_dict(ckpt["scaler"])
-    return engine.restore(ckpt)
+    progress = engine.restore(ckpt, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    engine.apply_optimizer_config(optimizer, scheduler, lr=lr, **group_values)   # current config
+    return progress
 
 
 def backward_step(step: int, loss: torch.Tensor, loss_dict: Mapping, optimizer, scaler,

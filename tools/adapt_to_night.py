@@ -207,12 +207,9 @@ class Adaptation:
         self.progress_, self.state = engine.Progress(), AdaptState()
         if self.resume is not None:
             ckpt = self.resume.checkpoint
-            self.net.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.ema.load_state_dict(ckpt["ema"])
+            self.progress_ = engine.restore(ckpt, model=self.net, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, ema=self.ema)
             self.state = AdaptState(**ckpt["adapt"])
-            self.progress_ = engine.restore(ckpt)
             log.info("resumed at step %d", self.progress_.step)
         self.ddp = DistributedDataParallel(self.net, broadcast_buffers=False) \
             if dist.is_distributed() else self.net

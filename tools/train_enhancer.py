@@ -101,14 +101,12 @@ def build_loader(cfg, device: torch.device):
 
 
 def restore_checkpoint(ckpt, net, optimizer, scheduler, cfg) -> engine.Progress:
-    net.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    progress = engine.restore(ckpt, model=net, optimizer=optimizer, scheduler=scheduler)
     scheduler.gamma = cfg.ENHANCE.LR_DECAY
     engine.apply_optimizer_config(optimizer, scheduler, lr=cfg.ENHANCE.LR,
                                   weight_decay=cfg.ENHANCE.WEIGHT_DECAY)
     log.info("resumed at step %d (epoch %d)", ckpt["step"], ckpt["epoch"])
-    return engine.restore(ckpt)
+    return progress
 
 
 def main(argv=None) -> int:

@@ -88,14 +88,13 @@ def checkpoint_state(nets) -> dict:
 
 def restore_checkpoint(ckpt, nets, cfg) -> engine.Progress:
     G, D, opt_g, opt_d, (s_g, s_d) = nets
-    for obj, key in ((G, "G"), (D, "D"), (opt_g, "opt_G"), (opt_d, "opt_D"), (s_g, "sched_G"),
-                     (s_d, "sched_D")):
-        obj.load_state_dict(ckpt[key])
+    progress = engine.restore(ckpt, G=G, D=D, opt_G=opt_g, opt_D=opt_d, sched_G=s_g,
+                              sched_D=s_d)
     for opt, sched in ((opt_g, s_g), (opt_d, s_d)):
         engine.apply_optimizer_config(opt, sched, lr=cfg.NOISE.LR,
                                       betas=(cfg.NOISE.BETA1, 0.999))
     log.info("resumed at step %d (epoch %d)", ckpt["step"], ckpt["epoch"])
-    return engine.restore(ckpt)
+    return progress
 
 
 def main(argv=None) -> int:
