@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -31,16 +31,6 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-def weights_state_dict(obj: Mapping[str, Any]) -> dict:
-    """The detector state dict in any supported checkpoint: ours (``model``), the reference's
-    plain and trainer dicts, DSFD.pytorch's ``{"weight"}``, mmdetection's ``{"meta",
-    "state_dict", "optimizer"}`` (the released YuNet files) and DataParallel saves
-    (``module.``, e.g. Pytorch_Retinaface's)."""
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    return detector_state_dict(obj)
-
-
 def load_net(cfg, weights: str | Path, key: str = "--weights") -> tuple[nn.Module, dict]:
     """Build ``cfg.MODEL.NAME`` and load ``weights`` strictly. A checkpoint of ours carries its
     config: its MODEL section (name, width) replaces ``cfg.MODEL``. Returns the network and the
@@ -53,7 +43,7 @@ def load_net(cfg, weights: str | Path, key: str = "--weights") -> tuple[nn.Modul
                 cfg.MODEL[key] = value
     net = build_net(cfg)
     try:
-        net.load_state_dict(weights_state_dict(ckpt))
+        net.load_state_dict(detector_state_dict(ckpt))
     except RuntimeError as exc:
         raise RuntimeError(f"{weights} ({key}) does not fit MODEL.NAME={cfg.MODEL.NAME} "
                            f"(MODEL.WIDTH={cfg.MODEL.WIDTH}): {exc}") from None

@@ -77,7 +77,11 @@ def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict:
 
 
 def detector_state_dict(obj: Mapping[str, Any]) -> dict:
-    """The plain detector state dict inside any supported checkpoint format."""
+    """The plain detector state dict inside any supported checkpoint format, the one unwrapper
+    of every family's weights: ours (``model``, HLA trainer layout ``net.*`` included), the
+    reference's plain and trainer dicts, DSFD.pytorch's ``{"weight"}``, mmdetection's ``{"meta",
+    "state_dict", "optimizer"}`` (the released YuNet files), Pytorch_Retinaface's plain or
+    ``{"state_dict"}`` files, and DataParallel saves (``module.``)."""
     if "model" in obj and isinstance(obj["model"], Mapping):       # ours
         obj = obj["model"]
     elif "weight" in obj and isinstance(obj["weight"], Mapping):   # DSFD.pytorch checkpoint

@@ -254,21 +254,10 @@ class RetinaFace(nn.Module):
 
 # ---- weights -----------------------------------------------------------------------------------
 
-def retinaface_state_dict(obj) -> dict:
-    """The plain state dict inside a reference file (``{'state_dict': ...}`` or plain, keys with
-    or without DataParallel's ``module.``) or one of our checkpoints (``{'model': ...}``)."""
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    prefix = "module."
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in obj.items()}
-
-
 def load_retinaface_weights(net: nn.Module, path: str | Path) -> None:
     """Strictly load a RetinaFace weights file into ``net`` (through the project's safe loader)."""
-    from utils.checkpoint import load_file
-    net.load_state_dict(retinaface_state_dict(load_file(path, "RetinaFace weights")), strict=True)
+    from utils.checkpoint import detector_state_dict, load_file
+    net.load_state_dict(detector_state_dict(load_file(path, "RetinaFace weights")), strict=True)
 
 
 # ---- ONNX --------------------------------------------------------------------------------------

@@ -265,13 +265,8 @@ def build_yunet(variant: str = "yunet_n") -> YuNet:
 def load_yunet_weights(net: nn.Module, path: str | Path, what: str = "YuNet weights") -> None:
     """Load a released mmdetection checkpoint (``{"meta", "state_dict", "optimizer"}``) or one
     of ours (``{"model": ...}``) or a plain state dict into ``net``, ``strict=True``."""
-    from utils.checkpoint import load_file
-    obj = load_file(path, what)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    net.load_state_dict(obj, strict=True)
+    from utils.checkpoint import detector_state_dict, load_file
+    net.load_state_dict(detector_state_dict(load_file(path, what)), strict=True)
 
 
 # ---- deployment -----------------------------------------------------------------------------
