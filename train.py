@@ -51,7 +51,7 @@ from data.loaders import build_detection_loader, require_file
 from engine import run as engine
 from engine import step
 from engine.validation import build_validation
-from models.registry import build_net, build_train_dataset, get_entry, ssl_input_is_bgr
+from models.registry import build_net, build_train_dataset, entry_of, ssl_input_is_bgr
 from utils import dist
 from utils.checkpoint import init_detector
 from utils.files import resolve_path
@@ -128,7 +128,7 @@ def build_trainer(cfg, resume) -> HLATrainer:
 
 def build_criterion(cfg):
     """The detection loss of MODEL.NAME: ``(out, targets, image_size) -> {term: loss}``."""
-    return get_entry(cfg.MODEL.NAME).criterion(cfg)
+    return entry_of(cfg).criterion(cfg)
 
 
 def build_optimizer(params, solver) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from models.interface import InputSpec, unpad
-from models.registry import build_net, get_entry
+from models.registry import build_net, entry_of
 from utils.checkpoint import detector_state_dict, load_file
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,7 +125,7 @@ class FaceDetector:
     @classmethod
     def from_config(cls, net: nn.Module, cfg, device: torch.device, fold_bn: bool = False,
                     enhance: Enhance | None = None) -> "FaceDetector":
-        entry = get_entry(cfg.MODEL.NAME)
+        entry = entry_of(cfg)
         return cls(net, entry.input_spec(cfg), entry.postprocess(cfg), device, cfg.RUN.AMP,
                    cfg.RUN.CHANNELS_LAST, entry.num_landmarks, fold_bn, enhance)
 

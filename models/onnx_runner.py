@@ -88,8 +88,8 @@ class OnnxRunner:
 
 def onnx_decoder(cfg) -> OnnxDecoder:
     """The :class:`OnnxDecoder` of ``cfg.MODEL.NAME``'s exports (its registry entry's)."""
-    from models.registry import get_entry
-    return get_entry(cfg.MODEL.NAME).onnx_decoder(cfg)
+    from models.registry import entry_of
+    return entry_of(cfg).onnx_decoder(cfg)
 
 
 def onnx_runner(path: str | Path, cfg, threads: int | None = None) -> OnnxRunner:

@@ -49,9 +49,14 @@ def get_entry(name: str) -> DetectorEntry:
     return DETECTORS[name]()
 
 
+def entry_of(cfg) -> DetectorEntry:
+    """The entry of the detector the config selects: the one place that reads MODEL.NAME."""
+    return get_entry(cfg.MODEL.NAME)
+
+
 def build_net(cfg) -> nn.Module:
     """The network of ``cfg.MODEL.NAME``, after checking the config fits it."""
-    entry = get_entry(cfg.MODEL.NAME)
+    entry = entry_of(cfg)
     if entry.check is not None:
         entry.check(cfg)
     net = entry.build(cfg)
@@ -74,7 +79,7 @@ def ssl_input_is_bgr(cfg) -> bool:
     """The task loaders normalise RGB pixels by AUG.img_mean (given B, G, R); a BGR detector
     (YuNet, RetinaFace) reads the same tensors with the channels flipped, which is exact when
     its input mean is AUG.img_mean and it does not scale."""
-    spec = get_entry(cfg.MODEL.NAME).input_spec(cfg)
+    spec = entry_of(cfg).input_spec(cfg)
     bgr_mean = tuple(cfg.AUG.img_mean)
     mean = bgr_mean if spec.channel_order == "BGR" else bgr_mean[::-1]
     if tuple(spec.mean) != mean or any(s != 1 for s in spec.std):
@@ -93,7 +98,7 @@ def build_train_dataset(cfg, list_file, root, seed, records=None):
     ``list_file`` in FACE.SRC_FORMAT (``auto`` sniffs it: the WIDER list, RetinaFace
     ``label.txt``, labelv2 or a Laboro TV root), images under FACE.IMAGE_ROOT or the format's own
     layout (the WIDER list: FACE.DATA_ROOT)."""
-    return get_entry(cfg.MODEL.NAME).train_dataset(cfg, list_file, root, seed, records=records)
+    return entry_of(cfg).train_dataset(cfg, list_file, root, seed, records=records)
 
 
 def missing_fields(entry: DetectorEntry) -> list[str]:

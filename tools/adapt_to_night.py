@@ -53,7 +53,7 @@ from data.config import ConfigError
 from data.media import source_kind
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
 from adapt.pseudo.ema import ModelEMA, unwrap
-from models.registry import get_entry
+from models.registry import entry_of
 from models.inference import FaceDetector, autocast, load_net
 from utils import dist
 from engine import run as engine
@@ -181,7 +181,7 @@ class Adaptation:
         self.cfg, self.resume, self.run_, self.device = cfg, resume, run, device
         self.progress = progress and dist.is_main()
         self.rank, self.world = dist.rank(), dist.world_size()
-        self.entry = get_entry(cfg.MODEL.NAME)
+        self.entry = entry_of(cfg)
         self.spec = self.entry.input_spec(cfg)
 
     # -- set-up --
@@ -409,7 +409,7 @@ def export_onnx(net, cfg, path: Path, frames: FrameSet) -> str:
     held-out frame; returns a line for the report."""
     import numpy as np
     from models.onnx_runner import onnx_runner
-    entry = get_entry(cfg.MODEL.NAME)
+    entry = entry_of(cfg)
     if entry.export_onnx is None:
         return f"not written: {cfg.MODEL.NAME} has no ONNX export"
     entry.export_onnx(copy.deepcopy(net).cpu().eval(), path)

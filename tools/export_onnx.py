@@ -44,7 +44,7 @@ import torch
 from data import config as config_lib
 from data.image_folder import read_rgb
 from models.dsfd.net import export_dsfd_onnx as export  # noqa:F401 (tests call it)
-from models.registry import get_entry
+from models.registry import entry_of
 from models.inference import build_face_detector
 from models.onnx_deploy import (CALIBRATION_METHODS, ImageCalibrationReader,
                                 OpenCVRunner, calibration_images, export_opencv,
@@ -218,12 +218,12 @@ def main(argv=None) -> int:
         export_opencv(cfg.MODEL.NAME, detector.net, graph, size)
         print(f"OpenCV graph: input fixed at 1x3x{size[0]}x{size[1]}")
     else:
-        get_entry(cfg.MODEL.NAME).export_onnx(detector.net, graph)
+        entry_of(cfg).export_onnx(detector.net, graph)
     if args.enhance != "none":
         if args.opencv:
             raise SystemExit("--enhance is not offered with --opencv (OpenCV's importer is "
                              "not checked with the table lookup)")
-        spec = get_entry(cfg.MODEL.NAME).input_spec(cfg)
+        spec = entry_of(cfg).input_spec(cfg)
         prepend_enhancer(graph, args.enhance, spec.mean, spec.std)
         detector.enhance = build_enhancer(args.enhance)       # the check's PyTorch side
         print(f"night mode in the graph: --enhance {args.enhance}")

@@ -27,7 +27,7 @@ from data.darkface import drop_held_out, held_out_ids
 from data.loaders import require_file
 from data.ssl_datasets import stream_seed
 from models.inference import autocast
-from models.registry import build_train_dataset, get_entry
+from models.registry import build_train_dataset, entry_of
 
 log = logging.getLogger("train")         # the lines of train.py's log keep their name
 
@@ -176,7 +176,7 @@ class Student:
 def build_student(cfg, net, resume, rank: int, world: int, pin: bool) -> Student:
     """The :class:`Student` of ``cfg``; the EMA teacher copies ``net`` (the detector, weights
     loaded or restored), then takes the checkpoint's state when resuming."""
-    entry = get_entry(cfg.MODEL.NAME)
+    entry = entry_of(cfg)
     student = Student(cfg, postprocess=entry.postprocess(cfg), spec=entry.input_spec(cfg))
     if cfg.PSEUDO.ENABLE:
         student.loader = build_pseudo_loader(cfg, rank, world, pin)
