@@ -17,7 +17,9 @@ the thresholds come from ``cfg.DETECT`` (``CONF_THRESH``, ``NMS_THRESH``, ``NMS_
 """
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -163,3 +165,24 @@ def _runtime_shapes(m, names: list[str], input_name: str, height: int, width: in
     sess = session(m.SerializeToString(), threads=1)
     values = sess.run(names, {input_name: np.zeros((1, 3, height, width), np.float32)})
     return {n: list(v.shape) for n, v in zip(names, values)}
+
+
+# ---- names from before the layout move (docs/DECISIONS.md), for one release --------------------
+
+_MOVED_NAMES = {"YuNetDecoder": "models.yunet.onnx", "DsfdDecoder": "models.dsfd.onnx"}
+
+
+def OnnxFaceDetector(path: str | Path, cfg, threads: int | None = None) -> OnnxRunner:  # noqa: N802
+    """Deprecated: :func:`onnx_runner` (DSFD's exports with ``MODEL.NAME=dsfd_vgg``)."""
+    warnings.warn("models.onnx_runner.OnnxFaceDetector is onnx_runner(path, cfg) now",
+                  DeprecationWarning, stacklevel=2)
+    return onnx_runner(path, cfg, threads)
+
+
+def __getattr__(name: str):
+    """The decoders that moved into their family folders (``models/<family>/onnx.py``)."""
+    if name in _MOVED_NAMES:
+        warnings.warn(f"models.onnx_runner.{name} moved to {_MOVED_NAMES[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -227,3 +227,16 @@ def test_old_import_paths_resolve_to_the_moved_modules_and_nothing_uses_them():
             assert importlib.import_module(old) is importlib.import_module(new), old
         assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
                    for w in caught), old
+
+
+def test_documented_onnx_runner_names_still_resolve():
+    import warnings
+
+    import models.onnx_runner as runner
+    from models.yunet.onnx import YuNetDecoder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runner.YuNetDecoder is YuNetDecoder
+    assert caught and issubclass(caught[0].category, DeprecationWarning)
+    with __import__("pytest").raises(AttributeError, match="no attribute 'DECODERS'"):
+        runner.DECODERS
