@@ -25,7 +25,7 @@ Conventions shared by all detectors:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -177,6 +177,13 @@ class EntryDecoder:
         with torch.no_grad():
             d = self.postprocess(out, input_size)[0]
         return unpad(d, input_size, image_size, self.num_landmarks)
+
+
+def variant_spec(table: Mapping[str, Any], name: str, family: str):
+    """``table[name]``, or a ValueError naming the known variants of ``family``."""
+    if name not in table:
+        raise ValueError(f"unknown {family} variant {name!r}; known: {sorted(table)}")
+    return table[name]
 
 
 def check_interface(net: nn.Module) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from models.interface import DetectorEntry, EntryDecoder, InputSpec
+from models.interface import DetectorEntry, EntryDecoder, InputSpec, variant_spec
 from models.retinaface.loss import RetinaFaceLoss
 from models.retinaface.net import (ANCHORS_PER_CELL, NUM_LANDMARKS, SPECS, RetinaFace,
                                    RetinaFaceOutput, export_retinaface_onnx,
@@ -64,8 +64,7 @@ def _export_opencv(net, path, size, opset):
 
 
 def retinaface_entry(name: str) -> DetectorEntry:
-    if name not in SPECS:
-        raise ValueError(f"unknown RetinaFace variant {name!r}; known: {sorted(SPECS)}")
+    variant_spec(SPECS, name, "RetinaFace")
     entry = DetectorEntry(build=lambda cfg: RetinaFace(name), criterion=_criterion,
                           postprocess=retinaface_postprocess, input_spec=_input_spec,
                           num_landmarks=NUM_LANDMARKS,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.interface import variant_spec
+
 
 ANCHORS_PER_CELL = 2          # two square anchor sizes per cell and level (cfg min_sizes)
 NUM_LANDMARKS = 5
@@ -224,9 +226,7 @@ class RetinaFace(nn.Module):
 
     def __init__(self, name: str = "retinaface_mnet"):
         super().__init__()
-        if name not in SPECS:
-            raise ValueError(f"unknown RetinaFace variant {name!r}; known: {sorted(SPECS)}")
-        spec = SPECS[name]
+        spec = variant_spec(SPECS, name, "RetinaFace")
         self.name, self.spec = name, spec
         c = spec.out_channels
         self.body = build_body(spec)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.interface import DetectorEntry, InputSpec
+from models.interface import DetectorEntry, InputSpec, variant_spec
 from models.yunet.loss import YuNetLoss
 from models.yunet.net import (NUM_LANDMARKS, STRIDES, VARIANTS, YuNet, export_yunet_onnx,
                               load_yunet_weights)
@@ -30,8 +30,7 @@ def _check(cfg) -> None:
 
 def yunet_entry(variant: str) -> DetectorEntry:
     """The registry entry of ``yunet_n`` or ``yunet_s`` (see ``models/interface.py``)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown YuNet variant {variant!r}; known: {sorted(VARIANTS)}")
+    variant_spec(VARIANTS, variant, "YuNet")
 
     def build(cfg) -> nn.Module:
         return YuNet(variant)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.interface import variant_spec
+
 
 STRIDES = (8, 16, 32)
 NUM_LANDMARKS = 5
@@ -218,9 +220,7 @@ class YuNet(nn.Module):
 
     def __init__(self, variant: str = "yunet_n"):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown YuNet variant {variant!r}; known: {sorted(VARIANTS)}")
-        spec = VARIANTS[variant]
+        spec = variant_spec(VARIANTS, variant, "YuNet")
         self.variant = variant
         self.backbone = YuNetBackbone(spec["stage_channels"])
         self.neck = TFPN([spec["stage_channels"][i][-1] for i in OUT_IDX])
