@@ -11,6 +11,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "docs" / "import_rules.txt"
 ENTRY_POINTS = ("train", "test", "pretrain_fast_headers", "transfer_headers")
@@ -238,5 +240,5 @@ def test_documented_onnx_runner_names_still_resolve():
         warnings.simplefilter("always")
         assert runner.YuNetDecoder is YuNetDecoder
     assert caught and issubclass(caught[0].category, DeprecationWarning)
-    with __import__("pytest").raises(AttributeError, match="no attribute 'DECODERS'"):
+    with pytest.raises(AttributeError, match="no attribute 'DECODERS'"):
         runner.DECODERS
