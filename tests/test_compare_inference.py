@@ -16,7 +16,8 @@ from models.inference import build_face_detector
 from models.onnx_runner import OnnxRunner, onnx_flops, onnx_runner
 from models.yunet.onnx import YuNetDecoder
 from tests.helpers import make_tiny_wider
-from tools import compare_inference as ci
+from engine import compare as ci
+from tools import compare_inference as cli
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +73,7 @@ def det_a(data):
 
 
 def test_page_has_both_rows_and_the_evaluators_numbers(data, tmp_path):
-    assert ci.main(["--images", str(data["images"]), "--gt", str(data["gt"]),
+    assert cli.main(["--images", str(data["images"]), "--gt", str(data["gt"]),
                     "--gt-format", "darkface", "--out", str(tmp_path),
                     "--detector", f"ours:dsfd_vgg:{data['a']}:label=A",
                     "--detector", f"ours:dsfd_vgg:{data['b']}:label=B",
@@ -163,7 +164,7 @@ def test_peer_runs_when_installed_and_is_skipped_with_the_pip_command_when_not(
         assert (np.diff(rows[:, 4]) <= 0).all() and det.settings["package"].startswith(
             ci.PEERS[name][0])
         return
-    assert ci.main(["--images", str(data["images"]), "--out", str(tmp_path), "--detector",
+    assert cli.main(["--images", str(data["images"]), "--out", str(tmp_path), "--detector",
                     f"peer:{name}", "--detector", f"ours:dsfd_vgg:{data['a']}"]) == 0
     message = ci.peer_missing_message(name)
     assert message in capsys.readouterr().out and "pip install --no-deps" in message
@@ -172,7 +173,7 @@ def test_peer_runs_when_installed_and_is_skipped_with_the_pip_command_when_not(
 
 def test_a_missing_peer_is_skipped_not_failed(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ci, "peer_installed", lambda name: False)
-    assert ci.main(["--images", str(data["images"]), "--out", str(tmp_path), "--limit", "1",
+    assert cli.main(["--images", str(data["images"]), "--out", str(tmp_path), "--limit", "1",
                     "--detector", "peer:deface", "--detector", f"ours:dsfd_vgg:{data['a']}"]) == 0
     out = capsys.readouterr().out
     assert "peer:deface skipped: the package 'deface' is not installed (pip install " \

@@ -424,7 +424,7 @@ class Demo:
 
     def detector(self, label: str, name: str, weights: Path, enhance: str | None, el):
         """A compare-page detector; rows with E(L) share ``el`` (their ms exclude it)."""
-        from tools import compare_inference
+        from engine import compare as compare_inference
         spec = f"ours:{name}:{weights}:label={label}"
         det = compare_inference.build_detector(spec, *DSFD_THRESH)
         if enhance != "el":
@@ -439,7 +439,7 @@ class Demo:
     def dsfd_table(self) -> None:
         from evaluation.common import PRCurve, plot_pr_curves
         from evaluation.darkface import load_darkface_gt
-        from tools import compare_inference
+        from engine import compare as compare_inference
         dark, p, el = self.p["dark"], self.p, self.shared_el()
         val = sorted((dark / "images" / "val").glob("*.png"), key=lambda q: int(q.stem))
         rows = [("source-only, dark", p["source"], None), ("source-only + E(L)", p["source"], "el"),
