@@ -271,7 +271,6 @@ def test_retinaface_export_through_the_runner_matches_pytorch(tmp_path):
 
 
 def test_our_yunet_agrees_with_the_official_export(shared_data):
-    pytest.importorskip("models.yunet.net", reason="models/yunet/net.py is not there yet")
     import skimage.data
     yunet = shared_data / "yunet"
     ours = ci.build_detector(f"ours:yunet_n:{yunet / 'yunet_n.pth'}", 0.3, 0.45)
