@@ -90,7 +90,7 @@ def build_trainer(cfg, resume) -> HLATrainer:
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging()
-    return step.run_main(args, run_name, pretrain)
+    return engine.run_main(args, run_name, pretrain)
 
 
 def pretrain(args, cfg, resume, run_dir) -> int:

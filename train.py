@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     if args.multigpu and not dist.launched_by_torchrun():
         return relaunch_per_gpu(argv)
     setup_logging()
-    return step.run_main(args, run_name, train)
+    return engine.run_main(args, run_name, train)
 
 
 def train(args, cfg, resume: engine.Resume | None, run_dir: Path) -> int:

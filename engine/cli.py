@@ -153,16 +153,14 @@ def run_trainer(args, name: str, final: str, length: Callable[[Any], tuple[int, 
     from engine import run as engine
     from utils.logger import setup_logging
     setup_logging()
-    run_dir = None
-    try:
-        cfg, resume, run_dir = engine.resolve_run(args, lambda c: c.RUN.NAME or name)
+
+    def run_one(args, cfg, resume, run_dir) -> int:
         if engine.nothing_to_do(*length(cfg)):
             return 0
         device = engine.single_process_device(cfg)
         with engine.Run(run_dir, cfg, resume, device, args.overwrite, [final]) as run:
             return train(cfg, resume, run, device, args.max_steps)
-    except engine.RunError as exc:
-        return engine.report_failure(exc, run_dir)
+    return engine.run_main(args, lambda c: c.RUN.NAME or name, run_one)
 
 
 class TrainerEpochs:

@@ -155,6 +155,22 @@ def resolve_run(args, run_name: Callable[[Any], str]) -> tuple[Any, Resume | Non
     return cfg, Resume(path, dict(ckpt), changes), resolve_path(cfg.RUN.OUTPUT_DIR) / run_name(cfg)
 
 
+
+def run_main(args, run_name: Callable[[Any], str],
+             train: Callable[[Any, Any, Resume | None, Path], int]) -> int:
+    """``train(args, cfg, resume, run_dir)`` on the config of a new or resumed run
+    (:func:`resolve_run`); a :class:`RunError` becomes one log line and exit
+    status 1 (:func:`report_failure`); the process group is left in any case."""
+    run_dir = None
+    try:
+        cfg, resume, run_dir = resolve_run(args, run_name)
+        return train(args, cfg, resume, run_dir)
+    except RunError as exc:
+        return report_failure(exc, run_dir)
+    finally:
+        dist.cleanup()
+
+
 def _flat(tree: Mapping, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():

@@ -8,15 +8,13 @@ loop on top (STYLE habit 4): batches -> ``loss_dict = model(...)`` -> weighted s
   (:func:`detection_losses`);
 * the set-up around any step (:func:`memory_format`, :func:`trainable`, :func:`grad_scaler`,
   :func:`wrap_ddp`) and what a checkpoint holds besides the engine's own entries
-  (:func:`checkpoint_state`, :func:`restore_state`);
-* the frame of the scripts' ``main`` (:func:`run_main`).
+  (:func:`checkpoint_state`, :func:`restore_state`).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,21 +25,6 @@ from adapt.pseudo.student import PseudoBatch, Student, pseudo_losses
 from engine import run as engine
 from models.inference import autocast
 from utils import dist
-
-
-def run_main(args, run_name: Callable[[Any], str],
-             train: Callable[[Any, Any, engine.Resume | None, Path], int]) -> int:
-    """``train(args, cfg, resume, run_dir)`` on the config of a new or resumed run
-    (``engine.run.resolve_run``); a :class:`engine.run.RunError` becomes one log line and exit
-    status 1 (``engine.run.report_failure``); the process group is left in any case."""
-    run_dir = None
-    try:
-        cfg, resume, run_dir = engine.resolve_run(args, run_name)
-        return train(args, cfg, resume, run_dir)
-    except engine.RunError as exc:
-        return engine.report_failure(exc, run_dir)
-    finally:
-        dist.cleanup()
 
 
 def memory_format(cfg) -> torch.memory_format:
