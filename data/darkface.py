@@ -9,6 +9,7 @@ adaptation and brightening stages never see them.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -67,3 +68,21 @@ def drop_held_out(records: list, held_out: Iterable[str]) -> list:
     """Records (anything with a ``path``) whose image id is not held out."""
     held = set(held_out)
     return [r for r in records if image_id(r.path) not in held]
+
+
+def filter_held_out(cfg, records: list, key: str, log: logging.Logger) -> list:
+    """The records of the list set by config key ``key`` without the held-out ids, when
+    DARKFACE.FILTER_TRAIN is on; unfiltered, with a warning on ``log``, when the split cannot be
+    determined (no DARKFACE.VAL_IDS and no DARKFACE.IMAGE_DIR)."""
+    if not cfg.DARKFACE.FILTER_TRAIN:
+        return records
+    if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():
+        log.warning("DARKFACE.VAL_IDS is empty and DARKFACE.IMAGE_DIR=%s does not exist: %s is "
+                    "NOT filtered against a held-out split, so do not evaluate on its images "
+                    "(or set DARKFACE.FILTER_TRAIN=False to silence this)",
+                    cfg.DARKFACE.IMAGE_DIR, key)
+        return records
+    kept = drop_held_out(records, held_out_ids(cfg))
+    log.info("%s: %d of %d images kept after removing the held-out DARK FACE split", key,
+             len(kept), len(records))
+    return kept

@@ -15,28 +15,16 @@ here) is its ``data`` column in the one task table, :data:`adapt.hla.tasks.SSL_T
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from data.darkface import drop_held_out, held_out_ids
+from data.darkface import filter_held_out
 from data.ssl_datasets import (ContrastiveDataset, CyclingLoader, JigsawDataset,
                                RotationDataset, TransferDataset, load_records, require_dir,
                                stream_seed)
 
 log = logging.getLogger(__name__)
-
-
-def held_out_split(cfg) -> list[str] | None:
-    """The held-out DARK FACE ids, or None (with a warning) when they cannot be determined."""
-    if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():
-        log.warning("DARKFACE.VAL_IDS is empty and DARKFACE.IMAGE_DIR=%s does not exist: the "
-                    "target list is NOT filtered against a held-out split, so do not evaluate "
-                    "on images of FACE.TAR_TRAIN_FILE (or set DARKFACE.FILTER_TRAIN=False to "
-                    "silence this)", cfg.DARKFACE.IMAGE_DIR)
-        return None
-    return held_out_ids(cfg)
 
 
 class DataSources:
@@ -61,18 +49,13 @@ class DataSources:
         """Enhanced DARK FACE (E(L)) with pseudo boxes: FACE.TAR_TRAIN_FILE, without the
         held-out evaluation images (DARKFACE.FILTER_TRAIN; data/darkface.py)."""
         key = "FACE.TAR_TRAIN_FILE"
-        if key not in self._records and self.cfg.DARKFACE.FILTER_TRAIN:
-            records = self._load(key)
-            held = held_out_split(self.cfg)
-            if held is not None:
-                kept = drop_held_out(records, held)
-                log.info("%s: %d of %d images kept after removing the held-out DARK FACE "
-                         "split", key, len(kept), len(records))
-                if not kept:
-                    raise ValueError(f"every image of {self.cfg.FACE.TAR_TRAIN_FILE} (config "
-                                     f"key {key}) is in the held-out split")
-                self._records[key] = kept
-        return self._load(key)
+        if key not in self._records:
+            kept = filter_held_out(self.cfg, self._load(key), key, log)
+            if not kept:
+                raise ValueError(f"every image of {self.cfg.FACE.TAR_TRAIN_FILE} (config "
+                                 f"key {key}) is in the held-out split")
+            self._records[key] = kept
+        return self._records[key]
 
     def noise_dir(self):
         """D(H): SSL.NOISE_DIR, a flat folder of degraded WIDER images."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -23,7 +22,7 @@ from adapt.pseudo.labels import (PseudoRecord, detections_to_targets, pseudo_lab
                                  read_pseudo_labels, to_face_record)
 from adapt.pseudo.strong_view import StrongAugParams, sample_generators, strong_augment
 from data.annotations import FaceRecord
-from data.darkface import drop_held_out, held_out_ids
+from data.darkface import filter_held_out
 from data.loaders import require_file
 from data.ssl_datasets import stream_seed
 from models.inference import autocast
@@ -67,7 +66,8 @@ def build_pseudo_loader(cfg, rank: int, world: int, pin: bool):
     training augmentation (the weak view, :func:`weak_config`); endless and resumable."""
     p = cfg.PSEUDO
     path = require_file(p.LIST, "PSEUDO.LIST")
-    records = drop_held_out_ids(cfg, read_pseudo_labels(path, root=cfg.FACE.DATA_ROOT))
+    records = filter_held_out(cfg, read_pseudo_labels(path, root=cfg.FACE.DATA_ROOT),
+                              "PSEUDO.LIST", log)
     faces = face_records(records, p.HIGH, p.LOW)
     if not faces:
         raise ValueError(f"{path} (config key PSEUDO.LIST): no image has a box scoring at least "
@@ -80,25 +80,6 @@ def build_pseudo_loader(cfg, rank: int, world: int, pin: bool):
     dataset = build_train_dataset(weak_config(cfg), path, cfg.FACE.DATA_ROOT, seed, records=faces)
     return pseudo_label_loader(dataset, p.BATCH_SIZE, rank, world, seed, cfg.RUN.NUM_WORKERS,
                                pin)
-
-
-def drop_held_out_ids(cfg, records: list) -> list:
-    """PSEUDO.LIST's records without the held-out DARK FACE ids (DARKFACE.FILTER_TRAIN), as the
-    self-supervised target list. Not ``adapt.hla.sources.held_out_split``: its warning names
-    FACE.TAR_TRAIN_FILE, and an empty result is not an error here (the caller's "no image has a
-    box" names PSEUDO.LIST); the ids and the filter are data/darkface.py's."""
-    if not cfg.DARKFACE.FILTER_TRAIN:
-        return records
-    if not cfg.DARKFACE.VAL_IDS and not Path(cfg.DARKFACE.IMAGE_DIR).is_dir():
-        log.warning("DARKFACE.VAL_IDS is empty and DARKFACE.IMAGE_DIR=%s does not exist: "
-                    "PSEUDO.LIST is NOT filtered against a held-out split, so do not evaluate "
-                    "on its images (or set DARKFACE.FILTER_TRAIN=False to silence this)",
-                    cfg.DARKFACE.IMAGE_DIR)
-        return records
-    kept = drop_held_out(records, held_out_ids(cfg))
-    log.info("PSEUDO.LIST: %d of %d images kept after removing the held-out DARK FACE split",
-             len(kept), len(records))
-    return kept
 
 
 class PseudoBatch(NamedTuple):
