@@ -9,10 +9,11 @@ reference builds them from Python floats, so the values are bit-identical.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
+
+from utils.cache import LRUCache
 
 Size = tuple[int, int]
 
@@ -52,22 +53,13 @@ class AnchorGenerator:
     def __init__(self, steps: Sequence[int], anchor_sizes: Sequence[float], cache_size: int = 32):
         self.steps = tuple(steps)
         self.anchor_sizes = tuple(anchor_sizes)
-        self.cache_size = cache_size
-        self._cache: OrderedDict = OrderedDict()
+        self._cache = LRUCache(cache_size)
 
     def __call__(self, image_size: Size, feature_sizes: Sequence[Size],
                  device: torch.device | str = "cpu") -> torch.Tensor:
         key = (tuple(image_size), tuple(map(tuple, feature_sizes)), str(device))
-        anchors = self._cache.get(key)
-        if anchors is None:
-            anchors = make_anchors(image_size, feature_sizes, self.steps, self.anchor_sizes)
-            anchors = anchors.to(device)
-            self._cache[key] = anchors
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return anchors
+        return self._cache.get(key, lambda: make_anchors(image_size, feature_sizes, self.steps,
+                                                         self.anchor_sizes).to(device))
 
     def level_shapes(self, feature_sizes: Sequence[Size]) -> list[tuple[int, int, int, int]]:
         """(offset, fh, fw, level) per level, for code that exploits the grid structure."""

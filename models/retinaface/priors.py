@@ -18,12 +18,13 @@ threshold, sort, at most ``top_k`` candidates, NMS in pixels with the ``+1`` are
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms
+
+from utils.cache import LRUCache
 
 Size = tuple[int, int]
 
@@ -60,20 +61,12 @@ class PriorCache:
         self.min_sizes = tuple(tuple(s) for s in min_sizes)
         self.steps = tuple(steps)
         self.clip = bool(clip)
-        self.cache_size = cache_size
-        self._cache: OrderedDict = OrderedDict()
+        self._cache = LRUCache(cache_size)
 
     def __call__(self, image_size: Size, device: torch.device | str = "cpu") -> Tensor:
         key = (int(image_size[0]), int(image_size[1]), str(device))
-        priors = self._cache.get(key)
-        if priors is None:
-            priors = prior_boxes(key[:2], self.min_sizes, self.steps, self.clip).to(device)
-            self._cache[key] = priors
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return priors
+        return self._cache.get(key, lambda: prior_boxes(key[:2], self.min_sizes, self.steps,
+                                                        self.clip).to(device))
 
 
 # ---- coding (centre-form priors, corner-form boxes, all normalised) ------------------------------
