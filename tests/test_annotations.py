@@ -10,7 +10,7 @@ import pytest
 from data.annotations import (FORMATS, AnnotationError, FaceRecord, detect_format,
                               has_landmarks, read_annotations, write_annotations)
 from data.widerface import parse_list_file
-from tests.common import assert_read_fails, bad_wider_lines
+from tests.helpers import assert_read_fails, bad_wider_lines
 
 
 def where(path, line):

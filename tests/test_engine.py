@@ -12,8 +12,7 @@ import torch
 import train
 from data import config as config_lib
 from utils.files import TEMP_GLOB
-from tests.common import poisoned_criterion
-from tests.helpers import ROOT, make_tiny_wider, tiny_train_overrides
+from tests.helpers import ROOT, make_tiny_wider, poisoned_criterion, tiny_train_overrides
 from engine import run as engine
 from utils.checkpoint import load_file, non_finite_tensors, prune_checkpoints
 

@@ -15,7 +15,7 @@ import pytest
 
 from evaluation.darkface import (evaluate_darkface, evaluate_darkface_boxes, load_darkface_gt,
                                  read_darkface_pred_file)
-from tests.common import assert_read_fails, float32_score_range, last_row_at_thresholds
+from tests.helpers import assert_read_fails, float32_score_range, last_row_at_thresholds
 from tools import eval_darkface
 
 

@@ -18,7 +18,7 @@ import scipy.io as sio
 from evaluation.widerface import (SETTINGS, WiderGT, evaluate_widerface,
                                   evaluate_widerface_boxes, load_widerface_gt,
                                   match_first_rounded, read_widerface_pred_file, to_int32)
-from tests.common import assert_read_fails, float32_score_range, last_row_at_thresholds
+from tests.helpers import assert_read_fails, float32_score_range, last_row_at_thresholds
 from tools import eval_widerface
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1

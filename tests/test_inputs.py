@@ -8,7 +8,7 @@ from data.config import ConfigError
 from data.config_check import validate
 from data.widerface import parse_list_file
 from evaluation.darkface import read_darkface_gt_file
-from tests.common import assert_read_fails
+from tests.helpers import assert_read_fails
 from tests.test_eval_widerface import all_kept, write_fake_gt, write_pred_files
 from tools import eval_darkface, eval_widerface
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from tests.common import assert_read_fails
+from tests.helpers import assert_read_fails
 from tools import prepare_wider
 
 ROOT = Path(__file__).resolve().parents[1]

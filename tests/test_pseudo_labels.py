@@ -6,7 +6,7 @@ from adapt.pseudo.labels import (IGNORE, MAGIC, POSITIVE, PseudoLabelError, Pseu
                                  format_pseudo_labels, merge_pseudo_labels, read_pseudo_labels,
                                  relative_image_path, to_face_record, to_targets,
                                  write_pseudo_labels)
-from tests.common import assert_read_fails
+from tests.helpers import assert_read_fails
 
 
 def make_records():

@@ -14,7 +14,7 @@ from data.config import default_config
 from models.retinaface.transforms import (CROP_SCALES, Faces, RetinaFaceDataset,
                                           build_retinaface_dataset, draw_crop_trials, mirror,
                                           pad_to_square, preproc, square_crop)
-from tests.common import noise_image_records
+from tests.helpers import noise_image_records
 
 MEAN = (104.0, 117.0, 123.0)
 

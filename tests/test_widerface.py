@@ -8,7 +8,7 @@ from PIL import Image
 
 from data.config import default_config
 from data.widerface import WIDERDetection, detection_collate, parse_list_file
-from tests.common import assert_read_fails, bad_wider_lines
+from tests.helpers import assert_read_fails, bad_wider_lines
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 from data.annotations import FaceRecord
 from models.yunet.transforms import (FLIP_ORDER, PAD_VALUE, YuNetTrainDataset,
                                      build_yunet_dataset, random_square_crop, yunet_sample)
-from tests.common import noise_image_records
+from tests.helpers import noise_image_records
 
 # BGR marker colours of the five landmarks (left eye, right eye, nose, mouth left, mouth right)
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [255, 255, 255], [0, 255, 255], [255, 0, 255]],
