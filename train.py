@@ -131,15 +131,6 @@ def build_criterion(cfg):
     return entry_of(cfg).criterion(cfg)
 
 
-def build_optimizer(params, solver) -> torch.optim.Optimizer:
-    """SGD as the reference (momentum 0.9, wd 5e-4); AdamW for short from-scratch runs such as the
-    demo. The schedule sets the lr, starting at WARMUP_LR."""
-    if solver.OPTIMIZER == "sgd":                 # the choices are checked at start-up
-        return torch.optim.SGD(params, lr=solver.WARMUP_LR, momentum=solver.MOMENTUM,
-                               weight_decay=solver.WEIGHT_DECAY)
-    return torch.optim.AdamW(params, lr=solver.WARMUP_LR, weight_decay=solver.WEIGHT_DECAY)
-
-
 def loss_weights(trainer: HLATrainer, cfg) -> Callable[[str], float]:
     """The weight of a loss term: the task's for self-supervised terms, PSEUDO.WEIGHT for the
     target batch's (adapt/pseudo/student.py), 1 for the detection terms."""
@@ -188,7 +179,7 @@ def build_parts(cfg, resume, device, local_batch: int, world: int,
     trainer = build_trainer(cfg, resume)
     trainer.to(device, memory_format=memory_format)
     named_params = step.trainable(trainer)
-    optimizer = build_optimizer([p for _, p in named_params], cfg.SOLVER)
+    optimizer = step.build_optimizer([p for _, p in named_params], cfg.SOLVER)
     scheduler = ReferenceSchedule(optimizer, cfg.SOLVER)
     scaler = step.grad_scaler(cfg, device)
     progress = engine.Progress()

@@ -52,6 +52,15 @@ def wrap_ddp(trainer: torch.nn.Module) -> torch.nn.Module:
     return trainer
 
 
+def build_optimizer(params, solver) -> torch.optim.Optimizer:
+    """SGD as the reference (momentum 0.9, wd 5e-4); AdamW for short from-scratch runs such as the
+    demo. The schedule sets the lr, starting at WARMUP_LR."""
+    if solver.OPTIMIZER == "sgd":                 # the choices are checked at start-up
+        return torch.optim.SGD(params, lr=solver.WARMUP_LR, momentum=solver.MOMENTUM,
+                               weight_decay=solver.WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=solver.WARMUP_LR, weight_decay=solver.WEIGHT_DECAY)
+
+
 def checkpoint_state(trainer, optimizer, scheduler, scaler, ssl_loaders: Mapping) -> dict:
     """What a checkpoint holds besides the engine's progress, config and RNG states; the
     ``model`` entry is the HLA trainer state dict (``net.*`` plus the heads, the layout of

@@ -57,6 +57,7 @@ from models.registry import entry_of
 from models.inference import FaceDetector, autocast, load_net
 from utils import dist
 from engine import run as engine
+from engine.step import build_optimizer
 from utils.checkpoint import load_file
 from utils.logger import setup_logging
 from utils.schedule import ReferenceSchedule
@@ -140,13 +141,6 @@ class AdaptState:
     best: float = -1.0
     best_step: int = 0
     stopped: bool = False
-
-
-def build_optimizer(params, solver) -> torch.optim.Optimizer:
-    if solver.OPTIMIZER == "sgd":
-        return torch.optim.SGD(params, lr=solver.WARMUP_LR, momentum=solver.MOMENTUM,
-                               weight_decay=solver.WEIGHT_DECAY)
-    return torch.optim.AdamW(params, lr=solver.WARMUP_LR, weight_decay=solver.WEIGHT_DECAY)
 
 
 def main(argv=None) -> int:
