@@ -99,6 +99,44 @@ class SameSizeBatches:
             yield batch
 
 
+def load_detector(args, cfg, device, reference: bool = False, log: logging.Logger | None = None):
+    """``--weights``: a :class:`models.inference.FaceDetector` of ``cfg.MODEL.NAME`` (a checkpoint
+    of ours sets it) in the resolved ``--precision`` (written into ``cfg.RUN``), or an
+    :class:`models.onnx_runner.OnnxRunner` for an ``.onnx`` file (``--threads``, when the tool
+    has it, sets torch's and onnxruntime's)."""
+    import torch
+    from models.inference import FaceDetector, load_net
+    from utils.precision import apply_precision, family_of, resolve_precision
+    threads = getattr(args, "threads", 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if str(args.weights).lower().endswith(".onnx"):
+        from models.onnx_runner import onnx_runner
+        if log:
+            log.info("ONNX model: onnxruntime on the CPU (--precision does not apply)")
+        return onnx_runner(args.weights, cfg, threads or None)
+    net, _ = load_net(cfg, args.weights)
+    precision = resolve_precision(args.precision, device, family_of(cfg.MODEL.NAME), reference)
+    precision = apply_precision(cfg, precision, args.precision)
+    if log:
+        log.info("precision %s (%s)", precision.name, precision.reason)
+    return FaceDetector.from_config(net, cfg, device, fold_bn=precision.fold_bn)
+
+
+def make_tester(detector, mode: str, landmarks: bool = True):
+    """Single mode keeps the landmarks of detectors that have them; multi mode votes boxes."""
+    from models.test_time import TestTimeDetector
+    return TestTimeDetector(detector, vote=mode == "multi", dummy_rows=False,
+                            landmarks=landmarks and mode == "single"
+                            and getattr(detector, "num_landmarks", 0) > 0)
+
+
+def plan_for(shape, mode: str, scale: float) -> list:
+    """The passes of ``--mode``: the reference's multi-scale plan, or one pass at ``scale``."""
+    from models.test_time import Pass, reference_passes
+    return reference_passes(*shape[:2], scale) if mode == "multi" else [Pass(scale)]
+
+
 # ---------------------------------------------------------------------------------------------
 # the evaluation tools
 

@@ -50,12 +50,11 @@ from data.config_check import validate
 from data.image_folder import write_image_atomic
 from data.media import FrameStats, iter_frames, probe
 from data.predictions import format_detections, format_wider
+from engine.cli import load_detector, make_tester, plan_for
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
-from models.inference import FaceDetector, load_net
-from models.test_time import Pass, TestTimeDetector, reference_passes
+from models.test_time import TestTimeDetector
 from utils import dist
-from utils.precision import (add_precision_argument, apply_precision, family_of,
-                             resolve_precision)
+from utils.precision import add_precision_argument
 from utils.visualize import draw_detections
 
 log = logging.getLogger("detect")
@@ -108,34 +107,6 @@ def load_tool_config(args):
     cfg = config_lib.load_config(args.config, overrides)
     validate(cfg)
     return cfg
-
-
-def load_detector(args, cfg, device: torch.device, reference: bool = False):
-    """A :class:`models.inference.FaceDetector` of ``cfg.MODEL.NAME`` in the resolved
-    precision (written into ``cfg.RUN``), or an :class:`models.onnx_runner.OnnxRunner` for an
-    ``.onnx`` file."""
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if str(args.weights).lower().endswith(".onnx"):
-        from models.onnx_runner import onnx_runner
-        log.info("ONNX model: onnxruntime on the CPU (--precision does not apply)")
-        return onnx_runner(args.weights, cfg, args.threads or None)
-    net, _ = load_net(cfg, args.weights)          # a checkpoint of ours sets MODEL.NAME
-    precision = resolve_precision(args.precision, device, family_of(cfg.MODEL.NAME), reference)
-    precision = apply_precision(cfg, precision, args.precision)
-    log.info("precision %s (%s)", precision.name, precision.reason)
-    return FaceDetector.from_config(net, cfg, device, fold_bn=precision.fold_bn)
-
-
-def make_tester(detector, mode: str, landmarks: bool = True) -> TestTimeDetector:
-    """Single mode keeps the landmarks of detectors that have them; multi mode votes boxes."""
-    return TestTimeDetector(detector, vote=mode == "multi", dummy_rows=False,
-                            landmarks=landmarks and mode == "single"
-                            and getattr(detector, "num_landmarks", 0) > 0)
-
-
-def plan_for(shape, mode: str, scale: float) -> list[Pass]:
-    return reference_passes(*shape[:2], scale) if mode == "multi" else [Pass(scale)]
 
 
 def detection_record(name: str, shape, dets: np.ndarray) -> dict:
@@ -236,7 +207,7 @@ def main(argv=None) -> int:
     info = probe(args.input, args.every, args.max_frames, args.root)    # names a bad source
     cfg = load_tool_config(args)
     device = dist.pick_device(cfg.RUN.DEVICE)
-    detector = load_detector(args, cfg, device)
+    detector = load_detector(args, cfg, device, log=log)
     if args.landmarks and getattr(detector, "num_landmarks", 0) == 0:
         raise ValueError(f"--landmarks: MODEL.NAME={cfg.MODEL.NAME} has no landmarks")
     el_weights = args.el_weights or (cfg.ENHANCE.WEIGHTS if args.enhance == "el" else None)

@@ -19,12 +19,10 @@ import torch
 from data import config as config_lib
 from data.config_check import validate
 from data.image_folder import read_rgb
+from engine.cli import load_detector, make_tester, plan_for
 from lowlevel.enhancers import add_enhance_argument, build_enhancer, rule_from_config
-from models.inference import FaceDetector, load_net
-from models.test_time import Pass, TestTimeDetector, reference_passes
 from utils import dist
-from utils.precision import (add_precision_argument, apply_precision, family_of,
-                             resolve_precision)
+from utils.precision import add_precision_argument
 from utils.visualize import draw_detections
 
 
@@ -44,18 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_detector(args, cfg, device):
-    """A FaceDetector in the resolved ``--precision``, or an OnnxRunner for ``*.onnx``."""
-    if str(args.weights).lower().endswith(".onnx"):
-        from models.onnx_runner import onnx_runner
-        return onnx_runner(args.weights, cfg)
-    net, _ = load_net(cfg, args.weights)          # a checkpoint of ours sets MODEL.NAME
-    precision = apply_precision(cfg, resolve_precision(args.precision, device,
-                                                       family_of(cfg.MODEL.NAME)),
-                                args.precision)
-    return FaceDetector.from_config(net, cfg, device, fold_bn=precision.fold_bn)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     overrides = ([f"MODEL.NAME={args.model!r}"] if args.model else []) + list(args.opts)
@@ -69,12 +55,9 @@ def main(argv=None) -> int:
         rgb = np.ascontiguousarray(enhance(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
     detector = load_detector(args, cfg, device)
     # landmarks (YuNet, RetinaFace) are drawn in single mode; voting does not vote them
-    tester = TestTimeDetector(detector, vote=args.mode == "multi", dummy_rows=False,
-                              landmarks=args.mode == "single" and detector.num_landmarks > 0)
-    plan = reference_passes(*rgb.shape[:2], args.scale) if args.mode == "multi" \
-        else [Pass(args.scale)]
+    tester = make_tester(detector, args.mode)
     with torch.no_grad():
-        dets = tester([rgb], plan)[0]
+        dets = tester([rgb], plan_for(rgb.shape, args.mode, args.scale))[0]
     out = args.out or args.image.with_name(f"{args.image.stem}_det.png")
     draw_detections(rgb, dets, args.threshold).save(out)
     print(f"{int((dets[:, 4] >= args.threshold).sum())} faces >= {args.threshold} "
