@@ -4,7 +4,9 @@
   ``KEY.SUB=VALUE`` overrides), :func:`start_tool` (log lines on stderr, the config), and
   :func:`run_writing_tool` for the tools that write image folders (a write error is one line);
 * the detection tools (test.py, make_pseudo_boxes, make_pseudo_labels): :class:`SameSizeBatches`,
-  the images decoded in DataLoader workers and handed out in runs of one size;
+  the images decoded in DataLoader workers and handed out in runs of one size; detect and
+  detect_image: :func:`load_detector` (a checkpoint or an ONNX export), :func:`make_tester`,
+  :func:`plan_for`;
 * the evaluation tools (eval_darkface, eval_widerface): :func:`parse_eval_args` and
   :func:`run_evaluation`;
 * the one-process trainers (train_enhancer, train_noise): :func:`trainer_arguments`,
